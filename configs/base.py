@@ -1,0 +1,56 @@
+"""Every configuration field, with its default. Named configs start from this one.
+
+Override any field on the command line: --config.batch_size=256. An unknown key fails
+with the list of valid keys.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # --- Data. ---
+  c.data_dir = ""            # dataset written by `python -m crfiqa_jax.prepare` (train split)
+  c.eval_data_dir = ""       # optional pair set evaluated after training (ERC report)
+  c.image_size = 112         # aligned face crops, pixels per side
+  c.flip = 0.5               # horizontal-flip probability (the paper's only augmentation)
+  c.data_workers = 2         # grain worker processes per host (0 = in-process)
+  c.synthetic = ml_collections.ConfigDict()  # demo only: generator settings (configs/demo.py)
+  c.paper_num_classes = 0    # expected identities/images (warn when the data differ; 0 = off)
+  c.paper_num_examples = 0
+
+  # --- Model. ---
+  c.model = "iresnet50"      # iresnet18/34/50/100 or iresnet_tiny (tests, demo)
+  c.embedding_dim = 512
+  c.dropout = 0.4            # before the FC layer, training only
+  c.dtype = "float32"        # computation dtype; "bfloat16" for accelerators
+
+  # --- Loss (paper eqs. 1-6). ---
+  c.scale = 64.0             # ArcFace s
+  c.margin = 0.5             # ArcFace m
+  c.lambda_cr = 10.0         # λ in L = L_Arc + λ·L_CR
+  c.cr_form = "paper"        # "paper": CCS/(NNCCS+1+ε); "code": released CCS/NNCCS
+  c.target = "cr"            # "cr" (CR-FIQA) or "ccs" (CCS-FIQA ablation)
+  c.beta = 0.5               # smooth-L1 β
+  c.eps = 1e-9               # ε of eq. 4
+
+  # --- Optimisation (paper §4, released code). ---
+  c.batch_size = 512         # global batch over all devices and processes
+  c.lr = 0.1                 # base lr at batch 512; scaled by batch_size/512
+  c.momentum = 0.9
+  c.weight_decay = 5e-4      # on every parameter, added to the gradient before momentum
+  c.clip_norm = 5.0          # global-norm clip of the backbone gradient (0 = off)
+  c.num_epochs = 34
+  c.lr_decay_epochs = (20, 28, 32)  # ×0.1 at each
+  c.total_steps = 0          # 0 = num_epochs × steps per epoch
+  c.trainable = "all"        # "all", or "qs": only the quality head ("on top" ablation)
+
+  # --- Sharding. ---
+  c.shard_centres = False    # split the class-centre matrix along classes over devices
+
+  # --- Bookkeeping. ---
+  c.seed = 0
+  c.log_every = 100
+  c.checkpoint_every = 2000
+  c.keep_checkpoints = 3
+  return c

@@ -1,0 +1,227 @@
+"""The on-disk face record format: a TFDS dataset of ArrayRecord files.
+
+Every source (synthetic faces, insightface RecordIO, image folders, verification .bin
+files) is written by one tensorflow-datasets builder, `FaceRecords`, without TensorFlow.
+Each record is a serialized tf.train.Example with three features:
+
+  image     bytes  the encoded image exactly as the source had it (JPEG normally)
+  label     int64  contiguous identity id in [0, num_classes)
+  metadata  text   JSON object: anything per-sample (source key, degradation, ...)
+
+Layout on disk: OUT_DIR/face_records/1.0.0/{dataset_info.json, features.json,
+face_records-<split>.array_record-0000i-of-0000n}. `tfds.builder_from_directory` and
+`tfds.data_source` read it; so does `open_dataset` below, which also decodes images.
+Dataset-level facts (num_classes, pairs of an evaluation split, the label mapping) live in
+`info.metadata`. TFDS writes into an `incomplete.*` folder and renames it at the end, so an
+interrupted conversion never looks complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BUILDER_NAME = "face_records"
+
+
+def _tfds():
+  import tensorflow_datasets as tfds  # heavy import, only where needed
+  return tfds
+
+
+def features():
+  tfds = _tfds()
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=(), dtype=np.object_),
+      "label": tfds.features.Scalar(dtype=np.int64),
+      "metadata": tfds.features.Text(),
+  })
+
+
+def _make_builder_class():
+  tfds = _tfds()
+
+  class FaceRecords(tfds.core.GeneratorBasedBuilder):
+    """Face images with identity labels; see crfiqa_jax.data.records."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "image bytes, int64 label, JSON metadata"}
+
+    def __init__(self, *, splits: Mapping[str, Callable[[], Iterable[dict]]],
+                 metadata: Mapping[str, Any], description: str = "", **kwargs):
+      self._splits = splits
+      self._metadata = dict(metadata)
+      self._description = description
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, description=self._description, features=features(),
+          metadata=tfds.core.MetadataDict(self._metadata), disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+      return {name: self._generate_examples(make) for name, make in self._splits.items()}
+
+    def _generate_examples(self, make):
+      for i, ex in enumerate(make()):
+        meta = ex.get("metadata") or {}
+        yield i, {"image": ex["image"], "label": int(ex["label"]),
+                  "metadata": json.dumps(meta, sort_keys=True)}
+
+  FaceRecords.__name__ = "FaceRecords"
+  return FaceRecords
+
+
+def dataset_dir(out_dir: str | Path) -> Path:
+  return Path(out_dir) / BUILDER_NAME / "1.0.0"
+
+
+def write_records(out_dir: str | Path, splits: Mapping[str, Callable[[], Iterable[dict]]], *,
+                  num_classes: int, metadata: Mapping[str, Any] | None = None,
+                  num_shards: int | None = None, description: str = "") -> Path:
+  """Writes a FaceRecords dataset and returns its directory.
+
+  Args:
+    out_dir: root folder; the dataset goes to out_dir/face_records/1.0.0.
+    splits: split name → zero-argument callable yielding dicts with `image` (encoded bytes),
+      `label` (int) and optional `metadata` (JSON-serialisable dict). Records keep the order
+      in which they are yielded.
+    num_classes: number of identities (labels must lie in [0, num_classes)).
+    metadata: dataset-level JSON-serialisable facts stored in dataset_info.
+    num_shards: ArrayRecord files per split (default: TFDS picks by size).
+  """
+  tfds = _tfds()
+  target = dataset_dir(out_dir)
+  if (target / "dataset_info.json").exists():
+    raise FileExistsError(f"{target} already holds a dataset; remove it or choose another OUT_DIR")
+  builder_cls = _make_builder_class()
+  meta = {"num_classes": int(num_classes), **dict(metadata or {})}
+  builder = builder_cls(splits=splits, metadata=meta, description=description,
+                        data_dir=str(out_dir), file_format="array_record")
+  config = tfds.download.DownloadConfig(num_shards=num_shards) if num_shards else None
+  builder.download_and_prepare(download_config=config)
+  return target
+
+
+def _resolve(path: str | Path) -> Path:
+  path = Path(path)
+  for cand in (path, dataset_dir(path)):
+    if (cand / "dataset_info.json").exists():
+      return cand
+  found = sorted(path.glob(f"*/*/dataset_info.json")) if path.is_dir() else []
+  if len(found) == 1:
+    return found[0].parent
+  raise FileNotFoundError(
+      f"No face-record dataset at {path} (expected {dataset_dir(path)}/dataset_info.json). "
+      "Create one with `python -m crfiqa_jax.prepare ...`.")
+
+
+class RecordSource:
+  """Random access to the raw records of one split (picklable, for grain workers).
+
+  `source[i]` → {"image": bytes, "label": int, "metadata": str (JSON)}.
+  """
+
+  def __init__(self, path: str | Path, split: str = "train"):
+    self.dir = _resolve(path)
+    info = json.loads((self.dir / "dataset_info.json").read_text())
+    splits = {s["name"]: s for s in info.get("splits", [])}
+    if split not in splits:
+      raise ValueError(f"{self.dir} has no split {split!r}; it has {sorted(splits)}")
+    n_shards = len(splits[split].get("shardLengths", [])) or 1
+    self.paths = [str(self.dir / f"{BUILDER_NAME}-{split}.array_record-{i:05d}-of-{n_shards:05d}")
+                  for i in range(n_shards)]
+    self.split = split
+    self._reader = None
+    self._parser = None
+    self._len = sum(int(n) for n in splits[split].get("shardLengths", []))
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k not in ("_reader", "_parser")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _reader=None, _parser=None)
+
+  def _open(self):
+    if self._reader is None:
+      from array_record.python import array_record_data_source
+      from tensorflow_datasets.core import example_parser
+      self._reader = array_record_data_source.ArrayRecordDataSource(self.paths)
+      self._parser = example_parser.ExampleParserNp(features().get_serialized_info())
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index: int) -> dict:
+    self._open()
+    if not 0 <= index < self._len:
+      raise IndexError(f"record {index} out of range [0, {self._len})")
+    ex = self._parser.parse_example(self._reader[index])
+    meta = ex["metadata"]
+    return {"image": ex["image"], "label": int(ex["label"]),
+            "metadata": meta.decode() if isinstance(meta, bytes) else meta}
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+    return [self[i] for i in indices]
+
+
+def read_info(path: str | Path) -> dict:
+  """Dataset-level metadata (num_classes, ...) plus split sizes."""
+  d = _resolve(path)
+  info = json.loads((d / "dataset_info.json").read_text())
+  meta_file = d / "metadata.json"
+  meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+  meta["splits"] = {s["name"]: sum(int(n) for n in s.get("shardLengths", []))
+                    for s in info.get("splits", [])}
+  return meta
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  """Encoded image → uint8 [H, W, 3] RGB. JPEG via simplejpeg (fast); others via PIL."""
+  import simplejpeg
+  if simplejpeg.is_jpeg(data):
+    return simplejpeg.decode_jpeg(data, colorspace="RGB")
+  from PIL import Image
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+  import simplejpeg
+  return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=quality, colorspace="RGB")
+
+
+class FaceDataset(Sequence):
+  """`open_dataset` result: dataset[i] → {"image": uint8 [H,W,3], "label": int,
+  "metadata": dict}; also `.num_classes`, `.info` and `.source` (raw records)."""
+
+  def __init__(self, path: str | Path, split: str = "train"):
+    self.source = RecordSource(path, split)
+    self.info = read_info(path)
+    self.num_classes = int(self.info.get("num_classes", 0))
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    rec = self.source[index]
+    return {"image": decode_image(rec["image"]), "label": rec["label"],
+            "metadata": json.loads(rec["metadata"] or "{}")}
+
+  def __iter__(self) -> Iterator[dict]:
+    for i in range(len(self)):
+      yield self[i]
+
+
+def open_dataset(path: str | Path, split: str = "train") -> FaceDataset:
+  """Opens what `write_records` / `python -m crfiqa_jax.prepare` wrote."""
+  return FaceDataset(path, split)

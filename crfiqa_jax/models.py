@@ -1,0 +1,133 @@
+"""iResNet backbones with the CR-FIQA quality head (Flax linen, NHWC).
+
+The layout is the one of the released CR-FIQA / insightface "iresnet" code, so that
+released PyTorch weights map one-to-one onto these modules (see `crfiqa_jax.convert`):
+
+  stem   conv3x3(3→w0) → BN → PReLU
+  stages IBasicBlock × n_i, first block of each stage strided by 2 (112→56→28→14→7)
+  head   BN2d → flatten → Dropout(0.4) → Dense(→512) → BN1d = embedding
+  qs     Dense(512→1) on the un-normalised embedding = quality (regresses CR)
+
+`IResNet.__call__(x, train)` takes images in [-1, 1], shape [B, H, W, 3], and returns
+`(embedding [B, D], quality [B])`. The flatten is in NHWC order (H, W, C); the converter
+permutes PyTorch's (C, H, W)-ordered FC weight accordingly.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.9  # = PyTorch momentum 0.1
+_PAD1 = ((1, 1), (1, 1))  # PyTorch's symmetric padding; 'SAME' would pad (0, 1) on stride 2
+
+
+def _conv_init(key, shape, dtype=jnp.float32):
+  # The released code initialises convs with N(0, 0.1).
+  return 0.1 * jax.random.normal(key, shape, dtype)
+
+
+class PReLU(nn.Module):
+  """Per-channel PReLU, slope initialised to 0.25 like torch.nn.PReLU."""
+
+  @nn.compact
+  def __call__(self, x):
+    alpha = self.param("alpha", nn.initializers.constant(0.25), (x.shape[-1],))
+    return jnp.where(x >= 0, x, alpha.astype(x.dtype) * x)
+
+
+class IBasicBlock(nn.Module):
+  """BN → conv3x3 → BN → PReLU → conv3x3(stride) → BN, plus shortcut; no final activation."""
+
+  features: int
+  strides: int = 1
+  downsample: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPS, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype)
+    y = norm(name="bn1")(x)
+    y = conv(self.features, (3, 3), padding=_PAD1, name="conv1")(y)
+    y = norm(name="bn2")(y)
+    y = PReLU(name="prelu")(y)
+    y = conv(self.features, (3, 3), strides=self.strides, padding=_PAD1, name="conv2")(y)
+    y = norm(name="bn3")(y)
+    if self.downsample:
+      x = conv(self.features, (1, 1), strides=self.strides, padding="VALID",
+               name="downsample_conv")(x)
+      x = norm(name="downsample_bn")(x)
+    return y + x
+
+
+class IResNet(nn.Module):
+  """iResNet FR backbone returning (embedding, quality).
+
+  Attributes:
+    stage_sizes: IBasicBlocks per stage, e.g. (3, 4, 14, 3) for iResNet50.
+    widths: channels per stage; the stem has widths[0] channels.
+    embedding_dim: size of the face embedding (512 in the paper).
+    dropout: dropout rate before the FC layer in training (0.4 in the released code).
+    dtype: computation dtype (parameters stay float32).
+  """
+
+  stage_sizes: Sequence[int]
+  widths: Sequence[int] = (64, 128, 256, 512)
+  embedding_dim: int = 512
+  dropout: float = 0.4
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f"IResNet expects NHWC RGB images [B, H, W, 3], got shape {x.shape}")
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPS, dtype=self.dtype)
+    x = x.astype(self.dtype)
+    x = nn.Conv(self.widths[0], (3, 3), padding=_PAD1, use_bias=False, kernel_init=_conv_init,
+                dtype=self.dtype, name="conv1")(x)
+    x = norm(name="bn1")(x)
+    x = PReLU(name="prelu")(x)
+    for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      for j in range(n_blocks):
+        # Every stage's first block (layer1's too) is strided and has a projection shortcut.
+        x = IBasicBlock(width, strides=2 if j == 0 else 1, downsample=j == 0, dtype=self.dtype,
+                        name=f"layer{i + 1}_{j}")(x, train)
+    x = norm(name="bn2")(x)
+    x = x.reshape(x.shape[0], -1)  # (H, W, C) order
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.Dense(self.embedding_dim, dtype=self.dtype, name="fc")(x)
+    emb = norm(name="features")(x).astype(jnp.float32)
+    quality = nn.Dense(1, name="qs")(emb)[:, 0]
+    return emb, quality
+
+
+IResNet18 = functools.partial(IResNet, stage_sizes=(2, 2, 2, 2))
+IResNet34 = functools.partial(IResNet, stage_sizes=(3, 4, 6, 3))
+IResNet50 = functools.partial(IResNet, stage_sizes=(3, 4, 14, 3))
+IResNet100 = functools.partial(IResNet, stage_sizes=(3, 13, 30, 3))
+# For tests and the CPU demo only: same layout, one block per stage, narrow.
+IResNetTiny = functools.partial(IResNet, stage_sizes=(1, 1, 1, 1), widths=(8, 16, 32, 64),
+                                embedding_dim=64)
+
+ARCHS = {
+    "iresnet18": IResNet18,
+    "iresnet34": IResNet34,
+    "iresnet50": IResNet50,
+    "iresnet100": IResNet100,
+    "iresnet_tiny": IResNetTiny,
+}
+
+
+def create_model(name: str, **kwargs) -> IResNet:
+  """Returns the named backbone; kwargs override its attributes (e.g. dtype, embedding_dim)."""
+  if name not in ARCHS:
+    raise ValueError(f"Unknown model {name!r}; choose one of {sorted(ARCHS)}")
+  return ARCHS[name](**kwargs)
