@@ -1,0 +1,175 @@
+"""Error-versus-reject curves (ERC / EDC), numpy only.
+
+Two semantics, selected by `threshold=`:
+
+"recomputed" — bit-for-bit the released CR-FIQA evaluation script:
+  * comparison distance d = arccos(clip(similarity, -1, 1)) / π;
+  * pairs are ordered by np.argsort(quality) (ascending; ties broken as numpy's default
+    sort breaks them) and the first int(r·N) pairs are dropped for each ratio r;
+  * on the kept pairs the ROC is built over the unique distances, scanning from the largest
+    distance down; the operating point is the first one whose FMR (share of impostors with
+    d ≤ candidate) is nearest the target; the threshold is that candidate distance;
+  * FNMR = 1 − #(kept genuine with d < threshold) / #kept genuine (strict "<").
+  The threshold therefore moves with every ratio.
+
+"fixed" — the standard (ISO/IEC 29794-1, NIST FATE Quality, fiqat EDC) semantics:
+  * the threshold is set once on all pairs: with k = floor(fmr · #impostors), a pair is
+    accepted when its similarity is strictly greater than the (k+1)-th highest impostor
+    similarity (at most k impostors accepted);
+  * for ratio r the pairs with the lowest qualities are discarded, and pairs tied in quality
+    with the last discarded one are discarded together (so slightly more than r may go);
+  * FNMR on the kept genuine pairs at that fixed threshold.
+
+Both run in O(N log N) for the sort plus O(N) per ratio, vectorised.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+RELEASED_RATIOS = np.arange(0, 0.98, 0.05)  # 0, 0.05, ..., 0.95 as the released script
+MODES = ("recomputed", "fixed")
+
+
+def _validate(similarity, genuine, quality):
+  similarity = np.asarray(similarity, dtype=np.float64).reshape(-1)
+  genuine = np.asarray(genuine).reshape(-1)
+  quality = np.asarray(quality, dtype=np.float64).reshape(-1)
+  if not (len(similarity) == len(genuine) == len(quality)):
+    raise ValueError(f"similarity, genuine and quality differ in length: {len(similarity)}, "
+                     f"{len(genuine)}, {len(quality)}")
+  if genuine.dtype != bool:
+    if not np.isin(genuine, (0, 1)).all():
+      raise ValueError("genuine must be boolean (or 0/1)")
+    genuine = genuine.astype(bool)
+  for name, x in (("similarity", similarity), ("quality", quality)):
+    if not np.isfinite(x).all():
+      raise ValueError(f"{name} has {int((~np.isfinite(x)).sum())} non-finite values")
+  if genuine.all() or not genuine.any():
+    raise ValueError("need both genuine and impostor pairs")
+  return similarity, genuine, quality
+
+
+def error_versus_reject(similarity, genuine, quality, *, fmr: float | Sequence[float] = 1e-3,
+                        reject_ratios: Sequence[float] | None = None,
+                        threshold: str = "recomputed") -> np.ndarray:
+  """FNMR at each reject ratio (module docstring gives the two semantics).
+
+  Args:
+    similarity: [N] cosine similarity per comparison pair.
+    genuine: [N] bool, True for mated pairs.
+    quality: [N] pair quality (callers pass the min of the two images' qualities);
+      higher = better, the lowest are rejected first.
+    fmr: target false match rate, or a sequence of them.
+    reject_ratios: ratios of discarded pairs; default 0, 0.05, …, 0.95.
+    threshold: "recomputed" (released script) or "fixed" (standard EDC).
+  Returns:
+    FNMR [len(reject_ratios)] for a scalar fmr, [len(fmr), len(reject_ratios)] otherwise.
+    A ratio that leaves no genuine (or, recomputed, no impostor) pair gives NaN.
+  """
+  similarity, genuine, quality = _validate(similarity, genuine, quality)
+  ratios = RELEASED_RATIOS if reject_ratios is None else np.asarray(reject_ratios, np.float64)
+  if ((ratios < 0) | (ratios >= 1)).any():
+    raise ValueError("reject ratios must lie in [0, 1)")
+  fmrs = np.atleast_1d(np.asarray(fmr, dtype=np.float64))
+  if ((fmrs <= 0) | (fmrs >= 1)).any():
+    raise ValueError(f"fmr must lie in (0, 1), got {fmr}")
+  if threshold == "recomputed":
+    out = _recomputed(similarity, genuine, quality, fmrs, ratios)
+  elif threshold == "fixed":
+    out = _fixed(similarity, genuine, quality, fmrs, ratios)
+  else:
+    raise ValueError(f"threshold must be one of {MODES}, got {threshold!r}")
+  return out[0] if np.ndim(fmr) == 0 else out
+
+
+def _recomputed(similarity, genuine, quality, fmrs, ratios):
+  n = len(similarity)
+  # Ascending order of the negated distance (the released ROC's score), equal values grouped.
+  score = -(np.arccos(np.clip(similarity, -1.0, 1.0)) / np.pi)
+  order = np.argsort(score, kind="stable")
+  s_sorted, g_sorted = score[order], genuine[order]
+  starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+  ends = np.r_[starts[1:], n]
+  # Rank of every pair in the released quality ordering; kept = rank >= int(r·n).
+  q_rank = np.empty(n, np.int64)
+  q_rank[np.argsort(quality)] = np.arange(n)
+  rank_sorted = q_rank[order]
+  out = np.full((len(fmrs), len(ratios)), np.nan)
+  for j, r in enumerate(ratios):
+    kept = rank_sorted >= int(r * n)
+    imp = kept & ~g_sorted
+    gen = kept & g_sorted
+    n_imp, n_gen = int(imp.sum()), int(gen.sum())
+    if n_imp == 0 or n_gen == 0:
+      continue
+    cum_imp = np.r_[0, np.cumsum(imp)]
+    cum_gen = np.r_[0, np.cumsum(gen)]
+    has_kept = (np.r_[0, np.cumsum(kept)][ends] - np.r_[0, np.cumsum(kept)][starts]) > 0
+    cand = np.flatnonzero(has_kept)
+    # False matches at candidate t: kept impostors with score >= t.
+    fm_rate = (n_imp - cum_imp[starts[cand]]) / n_imp
+    for i, f in enumerate(fmrs):
+      g = cand[np.argmin(np.abs(fm_rate - f))]
+      # Genuine accepted iff distance < threshold, i.e. score > t: those after the group.
+      # 1 - accepted/n (not rejected/n) keeps the released script's rounding exactly.
+      out[i, j] = 1 - (n_gen - cum_gen[ends[g]]) / n_gen
+  return out
+
+
+def fixed_threshold(similarity, genuine, fmr: float) -> float:
+  """Similarity threshold accepting at most floor(fmr·#impostors) impostors (accept: s > t)."""
+  imp = np.sort(np.asarray(similarity, np.float64)[~np.asarray(genuine, bool)])[::-1]
+  k = int(np.floor(fmr * len(imp)))
+  return float(imp[k]) if k < len(imp) else -np.inf
+
+
+def discard_masks(quality, ratios):
+  """Kept-pair masks for each ratio with ties in quality discarded together; also returns
+  the fractions actually discarded."""
+  quality = np.asarray(quality, np.float64)
+  n = len(quality)
+  q_sorted = np.sort(quality)
+  masks, fractions = [], []
+  for r in ratios:
+    m = int(r * n)
+    if m == 0:
+      keep = np.ones(n, bool)
+    else:
+      keep = quality > q_sorted[m - 1]
+    masks.append(keep)
+    fractions.append(1 - keep.mean())
+  return masks, np.asarray(fractions)
+
+
+def _fixed(similarity, genuine, quality, fmrs, ratios):
+  thresholds = [fixed_threshold(similarity, genuine, f) for f in fmrs]
+  masks, _ = discard_masks(quality, ratios)
+  out = np.full((len(fmrs), len(ratios)), np.nan)
+  for j, keep in enumerate(masks):
+    gen = similarity[keep & genuine]
+    if len(gen) == 0:
+      continue
+    for i, t in enumerate(thresholds):
+      out[i, j] = np.mean(gen <= t)
+  return out
+
+
+def erc_auc(reject_ratios, fnmr, *, limit: float | None = None) -> float:
+  """Trapezoidal area under FNMR(reject ratio); with `limit`, only up to that ratio
+  (partial AUC, the curve linearly interpolated at the limit). NaN points are an error."""
+  x = np.asarray(reject_ratios, np.float64)
+  y = np.asarray(fnmr, np.float64)
+  if x.shape != y.shape or x.ndim != 1:
+    raise ValueError(f"reject_ratios {x.shape} and fnmr {y.shape} must be equal 1-D shapes")
+  if limit is not None:
+    if limit <= x[0]:
+      return 0.0
+    y_lim = np.interp(limit, x, y)
+    keep = x < limit
+    x, y = np.r_[x[keep], limit], np.r_[y[keep], y_lim]
+  if np.isnan(y).any():
+    raise ValueError("FNMR has NaN points (a ratio left no genuine/impostor pairs)")
+  return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))

@@ -1,0 +1,31 @@
+"""Test setup: 8 fake CPU devices (set before jax is imported) and tiny shared fixtures."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tmp_path_factory):
+  """A 10-identity, 160-image dataset of 32×32 JPEGs (random pixels, labels i % 10)."""
+  from crfiqa_jax import data
+  out = tmp_path_factory.mktemp("tiny_records")
+
+  def gen():
+    rng = np.random.default_rng(0)
+    for i in range(160):
+      img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+      yield {"image": data.encode_jpeg(img), "label": i % 10, "metadata": {"index": i}}
+
+  data.write_records(out, {"train": gen}, num_classes=10, num_shards=2)
+  return out
+
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))  # test oracles (released_erc, torch models)

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from crfiqa_jax import erc
+from released_erc import released_erc
+
+# 4 genuine and 5 impostor pairs; see the comments for the hand computation.
+SIM = np.array([0.9, 0.8, 0.3, 0.1, 0.5, 0.2, 0.0, -0.1, -0.3])
+GEN = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0], bool)
+QUAL = np.array([9.0, 8.0, 7.0, 1.0, 2.0, 6.0, 5.0, 4.0, 3.0])  # lowest: gen 0.1, then imp 0.5
+
+
+def test_recomputed_hand_computed():
+  # r=0: impostor FMRs at candidate distances (largest first) 1, .8, .6, .4, .4, .2, .2, 0, 0.
+  # Target 0.2 → first exact hit is the genuine-0.3 distance; genuine with d < d(0.3) are
+  # 0.9 and 0.8 → FNMR 0.5.
+  # r=0.25 → int(2.25)=2 pairs dropped (gen 0.1, imp 0.5); FMRs 1, .75, .5, .25, 0 ...; 0.25
+  # is nearest 0.2 → threshold d(0.2); all three genuine are closer → FNMR 0.
+  got = erc.error_versus_reject(SIM, GEN, QUAL, fmr=0.2, reject_ratios=[0.0, 0.25],
+                                threshold="recomputed")
+  np.testing.assert_allclose(got, [0.5, 0.0])
+
+
+def test_fixed_hand_computed():
+  # k = floor(0.2·5) = 1 → threshold = 2nd highest impostor similarity = 0.2; accept s > 0.2.
+  # r=0: genuine 0.1 rejected → FNMR 1/4. r=0.25: the rejected genuine pair is discarded → 0.
+  got = erc.error_versus_reject(SIM, GEN, QUAL, fmr=0.2, reject_ratios=[0.0, 0.25],
+                                threshold="fixed")
+  np.testing.assert_allclose(got, [0.25, 0.0])
+  assert erc.fixed_threshold(SIM, GEN, 0.2) == 0.2
+
+
+def test_fixed_ties_in_scores_and_quality():
+  sim = np.array([0.5, 0.5, 0.9, 0.5, 0.5, 0.2, 0.1, 0.0])
+  gen = np.array([1, 1, 1, 0, 0, 0, 0, 0], bool)
+  # k = floor(0.2·5) = 1, but the top two impostors tie at 0.5: accepting s > 0.5 admits 0
+  # impostors (never more than k). Genuine pairs at 0.5 are then rejected.
+  assert erc.fixed_threshold(sim, gen, 0.2) == 0.5
+  qual = np.array([1.0, 1.0, 3.0, 2.0, 2.0, 2.0, 2.0, 2.0])
+  # r = 1/8: one pair to drop, but both genuine pairs share the lowest quality → both go.
+  got = erc.error_versus_reject(sim, gen, qual, fmr=0.2, reject_ratios=[0.0, 0.125],
+                                threshold="fixed")
+  np.testing.assert_allclose(got, [2 / 3, 0.0])
+  masks, frac = erc.discard_masks(qual, [0.0, 0.125])
+  np.testing.assert_allclose(frac, [0.0, 0.25])
+
+
+def test_recomputed_ties_in_scores_strict_acceptance():
+  # A genuine pair exactly at the threshold distance is NOT accepted (strict "<").
+  sim = np.array([0.5, 0.9, 0.5, 0.1, 0.0, -0.2])
+  gen = np.array([1, 1, 0, 0, 0, 0], bool)
+  got = erc.error_versus_reject(sim, gen, np.arange(6.0), fmr=0.25, reject_ratios=[0.0])
+  # FMR at d(0.5) is 1/4 (the impostor at 0.5) → threshold d(0.5); genuine 0.5 not < it.
+  np.testing.assert_allclose(got, [0.5])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recomputed_matches_released_algorithm_with_ties(seed):
+  rng = np.random.default_rng(seed)
+  n = 3000
+  gen = rng.random(n) < 0.3
+  sim = np.where(gen, rng.normal(0.5, 0.2, n), rng.normal(0.0, 0.15, n))
+  sim = np.round(np.clip(sim, -1, 1), 2)       # many tied scores
+  qual = np.round(rng.normal(size=n) + gen, 1)  # many tied qualities
+  fmrs = (1e-2, 1e-3, 1e-4)
+  want = released_erc(sim, gen, qual, fmrs)
+  got = erc.error_versus_reject(sim, gen, qual, fmr=fmrs)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_auc_and_partial_auc():
+  x = np.array([0.0, 0.5, 1.0])
+  y = np.array([0.4, 0.2, 0.0])
+  assert erc.erc_auc(x, y) == pytest.approx(0.5 * 0.3 + 0.5 * 0.1)
+  assert erc.erc_auc(x, y, limit=0.25) == pytest.approx(0.25 * (0.4 + 0.3) / 2)
+
+
+def test_bad_input():
+  with pytest.raises(ValueError, match="length"):
+    erc.error_versus_reject(SIM, GEN[:-1], QUAL)
+  with pytest.raises(ValueError, match="non-finite"):
+    erc.error_versus_reject(np.r_[SIM[:-1], np.nan], GEN, QUAL)
+  with pytest.raises(ValueError, match="threshold"):
+    erc.error_versus_reject(SIM, GEN, QUAL, threshold="median")
+  with pytest.raises(ValueError, match="both genuine and impostor"):
+    erc.error_versus_reject(SIM, np.ones(9, bool), QUAL)

@@ -1,0 +1,111 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from crfiqa_jax import losses
+
+COS = np.array([[0.5, 0.2, -0.1],
+                [-0.3, 0.9, 0.4],
+                [0.1, -0.2, -0.6]], np.float32)
+LABELS = np.array([0, 1, 0])
+
+
+def test_arcface_logits_hand_computed():
+  got = jax.jit(lambda c, y: losses.arcface_logits(c, y, scale=64.0, margin=0.5))(COS, LABELS)
+  want = 64.0 * COS.astype(np.float64)
+  for i, y in enumerate(LABELS):
+    want[i, y] = 64.0 * math.cos(math.acos(COS[i, y]) + 0.5)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_arcface_gradient_finite_at_cos_one():
+  c = jnp.array([[1.0, 0.0], [-1.0, 0.0]])
+  g = jax.grad(lambda c: losses.arcface_logits(c, jnp.array([0, 0])).sum())(c)
+  assert np.all(np.isfinite(g))
+
+
+def test_certainty_ratio_paper_and_code_forms():
+  cr, ccs, nn = losses.certainty_ratio(COS, LABELS, form="paper")
+  np.testing.assert_allclose(ccs, [0.5, 0.9, 0.1])
+  np.testing.assert_allclose(nn, [0.2, 0.4, -0.2])
+  np.testing.assert_allclose(cr, [0.5 / 1.2, 0.9 / 1.4, 0.1 / 0.8], rtol=1e-6)
+  cr_c, _, nn_c = losses.certainty_ratio(COS, LABELS, form="code")
+  # Row 3: every other cosine is negative, so the -1e-12 written over the target wins.
+  np.testing.assert_allclose(nn_c, [0.2, 0.4, -1e-12], rtol=1e-6)
+  np.testing.assert_allclose(cr_c, [2.5, 2.25, 0.1 / -1e-12], rtol=1e-5)
+  with pytest.raises(ValueError):
+    losses.certainty_ratio(COS, LABELS, form="other")
+
+
+def test_certainty_ratio_has_no_gradient():
+  g = jax.grad(lambda c: sum(x.sum() for x in losses.certainty_ratio(c, LABELS)))(COS)
+  np.testing.assert_array_equal(g, 0.0)
+
+
+def test_smooth_l1_matches_pytorch_convention():
+  pred = np.array([0.0, 0.2, 1.0, -0.7, 0.5], np.float32)
+  target = np.zeros(5, np.float32)
+  want = [0.0, 0.5 * 0.04 / 0.5, 1.0 - 0.25, 0.7 - 0.25, 0.5 - 0.25]  # |d| == β → linear
+  np.testing.assert_allclose(losses.smooth_l1(pred, target, beta=0.5), want, rtol=1e-6)
+  np.testing.assert_allclose(losses.smooth_l1(pred, target, beta=0.5),
+                             optax.huber_loss(pred, target, delta=0.5) / 0.5, rtol=1e-6)
+
+
+def _inputs():
+  rng = np.random.default_rng(0)
+  emb = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
+  q = jnp.asarray(rng.normal(size=(4,)), jnp.float32)
+  y = jnp.array([0, 3, 3, 1])
+  return emb, q, w, y
+
+
+def test_total_loss_values():
+  emb, q, w, y = _inputs()
+  out = jax.jit(losses.crfiqa_loss)(emb, q, w, y)
+  x = np.asarray(emb) / np.linalg.norm(emb, axis=1, keepdims=True)
+  wn = np.asarray(w) / np.linalg.norm(w, axis=0, keepdims=True)
+  cos = x @ wn
+  logits = 64 * cos
+  idx = np.arange(4)
+  logits[idx, y] = 64 * np.cos(np.arccos(cos[idx, y]) + 0.5)
+  arc = np.mean(np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))
+                + logits.max(1) - logits[idx, y])
+  others = np.where(np.eye(5, dtype=bool)[y], -np.inf, cos)
+  cr = cos[idx, y] / (others.max(1) + 1 + 1e-9)
+  d = np.abs(np.asarray(q) - cr)
+  lcr = np.mean(np.where(d < 0.5, d * d, d - 0.25))
+  np.testing.assert_allclose(out.loss_arc, arc, rtol=1e-5)
+  np.testing.assert_allclose(out.loss_cr, lcr, rtol=1e-5)
+  np.testing.assert_allclose(out.loss, arc + 10 * lcr, rtol=1e-5)
+  ccs_out = losses.crfiqa_loss(emb, q, w, y, target="ccs")
+  d2 = np.abs(np.asarray(q) - cos[idx, y])
+  np.testing.assert_allclose(ccs_out.loss_cr, np.mean(np.where(d2 < 0.5, d2 * d2, d2 - 0.25)),
+                             rtol=1e-5)
+
+
+def test_cr_target_contributes_no_gradient_to_centres_or_embedding():
+  emb, q, w, y = _inputs()
+  full = jax.grad(lambda e, w: losses.crfiqa_loss(e, q, w, y).loss, argnums=(0, 1))(emb, w)
+  arc = jax.grad(lambda e, w: losses.crfiqa_loss(e, q, w, y).loss_arc, argnums=(0, 1))(emb, w)
+  np.testing.assert_allclose(full[0], arc[0], atol=1e-6)
+  np.testing.assert_allclose(full[1], arc[1], atol=1e-6)
+  # ...while the quality prediction does get the regression gradient.
+  gq = jax.grad(lambda q: losses.crfiqa_loss(emb, q, w, y).loss)(q)
+  assert np.abs(gq).sum() > 0
+
+
+def test_padding_columns_are_ignored():
+  emb, q, w, y = _inputs()
+  pad = jnp.asarray(np.random.default_rng(1).normal(size=(8, 3)), jnp.float32)
+  a = losses.crfiqa_loss(emb, q, w, y)
+  b = losses.crfiqa_loss(emb, q, jnp.concatenate([w, pad], 1), y, num_classes=5)
+  for f in ("loss", "loss_arc", "loss_cr", "cr", "nnccs"):
+    np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=1e-6)
+  g = jax.grad(lambda w: losses.crfiqa_loss(emb, q, w, y, num_classes=5).loss)(
+      jnp.concatenate([w, pad], 1))
+  assert np.all(np.isfinite(g)) and np.all(g[:, 5:] == 0)

@@ -1,0 +1,89 @@
+import jax
+import numpy as np
+import pytest
+
+from crfiqa_jax import main, sharding, train
+
+TINY = {"model": "iresnet_tiny", "embedding_dim": "32", "image_size": "32", "batch_size": "16",
+        "log_every": "1", "checkpoint_every": "3", "data_workers": "0", "lr": "0.2"}
+
+
+def _config(**kw):
+  overrides = dict(TINY, **{k: str(v) for k, v in kw.items()})
+  return main.load_config("base", overrides)
+
+
+def _batch(seed=0, n=16, size=32, classes=10):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+          "label": (np.arange(n) % classes).astype(np.int32)}
+
+
+def _one_step(n_devices, shard_centres):
+  config = _config(shard_centres=shard_centres)
+  mesh = sharding.make_mesh(jax.devices()[:n_devices])
+  trainer = train.Trainer(config, num_classes=10, num_examples=160, mesh=mesh)
+  state = trainer.init()
+  state, metrics = trainer.step_fn(state, sharding.global_batch(_batch(), mesh))
+  state, metrics = trainer.step_fn(state, sharding.global_batch(_batch(1), mesh))
+  return train.as_numpy(state), train.as_numpy(metrics), trainer
+
+
+@pytest.mark.parametrize("shard_centres", [False, True])
+def test_eight_devices_match_one(shard_centres):
+  s1, m1, _ = _one_step(1, shard_centres)
+  s8, m8, t8 = _one_step(8, shard_centres)
+  if shard_centres:
+    assert t8.num_classes_padded == 16 and s8.params["centres"].shape == (32, 16)
+  for k in ("loss", "loss_arc", "loss_cr", "cr", "grad_norm"):
+    np.testing.assert_allclose(m8[k], m1[k], rtol=2e-4, err_msg=k)
+  c1, c8 = s1.params["centres"][:, :10], s8.params["centres"][:, :10]
+  np.testing.assert_allclose(c8, c1, rtol=1e-4, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+               s8.params["backbone"], s1.params["backbone"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5),
+               s8.batch_stats, s1.batch_stats)
+
+
+def test_sharded_centres_live_split_over_devices():
+  config = _config(shard_centres=True)
+  trainer = train.Trainer(config, num_classes=10, num_examples=160)
+  state = trainer.init()
+  centres = state.params["centres"]
+  assert centres.sharding.spec == jax.sharding.PartitionSpec(None, "data")
+  assert {s.data.shape for s in centres.addressable_shards} == {(32, 2)}
+
+
+def test_step_traced_once_and_resume_is_exact(tiny_records, tmp_path):
+  before = train.TRACE_COUNT["train_step"]
+  straight = train.train(_config(data_dir=tiny_records, total_steps=6), tmp_path / "a")
+  assert train.TRACE_COUNT["train_step"] - before == 1  # one trace over six steps
+  # "Kill" after 3 steps, then rerun the same command with a longer horizon.
+  part = train.train(_config(data_dir=tiny_records, total_steps=3), tmp_path / "b")
+  assert int(part.step) == 3
+  resumed = train.train(_config(data_dir=tiny_records, total_steps=6), tmp_path / "b")
+  assert int(resumed.step) == 6
+  a, b = train.as_numpy(straight), train.as_numpy(resumed)
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  jax.tree.map(np.testing.assert_array_equal, a.batch_stats, b.batch_stats)
+  lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 6  # steps 1-3, then 4-6 after the resume
+
+
+def test_nonfinite_loss_names_the_step(tiny_records, tmp_path):
+  with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+    train.train(_config(data_dir=tiny_records, total_steps=20, lr=1e30, clip_norm=0.0),
+                tmp_path)
+
+
+def test_clear_errors(tiny_records, tmp_path):
+  with pytest.raises(main.ConfigError, match="Unknown config key 'batchsize'.*batch_size"):
+    _config(batchsize=8)
+  with pytest.raises(ValueError, match="data_dir is empty"):
+    train.train(_config(), tmp_path)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    train.train(_config(data_dir=tmp_path / "missing"), tmp_path)
+  with pytest.raises(ValueError, match="not divisible by the number of devices"):
+    train.train(_config(data_dir=tiny_records, batch_size=12), tmp_path)
+  with pytest.raises(main.ConfigError, match="No config 'nope'"):
+    main.load_config("nope")
