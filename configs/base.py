@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Loss (paper eqs. 1-6). ---
   c.scale = 64.0             # ArcFace s
   c.margin = 0.5             # ArcFace m
+  c.margin_fallback = False  # insightface's θ+m>π guard; the released CR-FIQA code has none
   c.lambda_cr = 10.0         # λ in L = L_Arc + λ·L_CR
   c.cr_form = "paper"        # "paper": CCS/(NNCCS+1+ε); "code": released CCS/NNCCS
   c.target = "cr"            # "cr" (CR-FIQA) or "ccs" (CCS-FIQA ablation)
@@ -53,4 +54,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_every = 100
   c.checkpoint_every = 2000
   c.keep_checkpoints = 3
+  c.eval_batch_size = 256
   return c

@@ -6,6 +6,7 @@ cosines between L2-normalised embeddings and L2-normalised class centres.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -92,7 +93,8 @@ def crfiqa_loss(embedding: jax.Array, quality: jax.Array, centres: jax.Array,
                 labels: jax.Array, *, scale: float = 64.0, margin: float = 0.5,
                 lambda_cr: float = 10.0, cr_form: str = "paper", target: str = "cr",
                 beta: float = 0.5, eps: float = 1e-9, num_classes: int | None = None,
-                sample_weight: jax.Array | None = None) -> LossOutput:
+                sample_weight: jax.Array | None = None,
+                margin_fallback: bool = False) -> LossOutput:
   """Total CR-FIQA loss (eq. 6): L = L_Arc + λ·mean(smooth_l1(quality, target)).
 
   Args:
@@ -104,11 +106,20 @@ def crfiqa_loss(embedding: jax.Array, quality: jax.Array, centres: jax.Array,
     target: "cr" (CR-FIQA) or "ccs" (the paper's CCS-FIQA ablation).
     num_classes: number of real classes; None = all columns of `centres`.
     sample_weight: optional [B] weights of the regression term (IG-FIQA).
+    margin_fallback: insightface's guard for θ_y + m > π: where cos θ_y ≤ cos(π - m) the
+      target logit becomes s·(cos θ_y - m·sin m) instead of s·cos(θ_y + m), keeping it
+      monotonic in θ_y. The released CR-FIQA code has no such guard (default off); small
+      models on few classes can otherwise collapse to embeddings far from every centre.
   """
   if target not in ("cr", "ccs"):
     raise ValueError(f"target must be 'cr' or 'ccs', got {target!r}")
   cos_theta = jnp.clip(cosine_matrix(embedding, centres), -1.0, 1.0)
   logits = arcface_logits(cos_theta, labels, scale=scale, margin=margin)
+  if margin_fallback:
+    cos_y = jnp.take_along_axis(cos_theta, labels[:, None], axis=1)
+    is_target = jnp.arange(cos_theta.shape[1])[None, :] == labels[:, None]
+    use_fallback = is_target & (cos_y <= math.cos(math.pi - margin))
+    logits = jnp.where(use_fallback, scale * (cos_y - margin * math.sin(margin)), logits)
   if num_classes is not None and num_classes < cos_theta.shape[1]:
     valid = jnp.arange(cos_theta.shape[1]) < num_classes
     logits = jnp.where(valid, logits, -jnp.inf)

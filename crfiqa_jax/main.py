@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None):
 
   def _main(_):
     import jax
-    logging.getLogger("absl").setLevel(logging.INFO)
+    # Our progress at INFO; the libraries' (orbax, grain, tfds) chatter only from WARNING.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("crfiqa_jax").setLevel(logging.INFO)
     if FLAGS.distributed or FLAGS.coordinator:
       jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
                                  num_processes=FLAGS.num_processes,

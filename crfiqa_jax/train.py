@@ -114,7 +114,8 @@ class _CentreShardings:
 
 def loss_kwargs_from_config(config) -> dict:
   return dict(scale=config.scale, margin=config.margin, lambda_cr=config.lambda_cr,
-              cr_form=config.cr_form, target=config.target, beta=config.beta, eps=config.eps)
+              cr_form=config.cr_form, target=config.target, beta=config.beta, eps=config.eps,
+              margin_fallback=config.margin_fallback)
 
 
 class Trainer:
@@ -199,14 +200,42 @@ def dataset_facts(config) -> tuple[int, int]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """The main job: synthetic data if the config asks for it, training, then the ERC
   evaluation of `config.eval_data_dir` (if set) into workdir/eval."""
+  started = time.perf_counter()
   if config.synthetic:
     from crfiqa_jax.data import synthetic
-    synthetic.ensure_dataset(config)
+    if not config.data_dir:
+      with config.unlocked():
+        config.data_dir = str(Path(workdir) / "data")
+        config.eval_data_dir = config.eval_data_dir or config.data_dir
+    if jax.process_index() == 0:
+      synthetic.ensure_dataset(config)
   state = train(config, workdir)
   if config.eval_data_dir and jax.process_index() == 0:
     from crfiqa_jax import evaluate
-    evaluate.evaluate_checkpoint_state(state, config, Path(workdir) / "eval")
+    m = evaluate.evaluate_checkpoint_state(state, config, Path(workdir) / "eval",
+                                           started=started)
+    _print_summary(m, Path(workdir) / "eval")
   return state
+
+
+def _print_summary(m: dict, out_dir: Path):
+  auc = m["erc_auc"]
+  lines = [
+      "",
+      f"Held-out evaluation ({m['num_identities']} unseen identities, {m['num_images']} images, "
+      f"{m['num_pairs']:,} pairs) after {m['train_steps']} steps, {m['wall_seconds']:.0f} s:",
+      f"  Spearman(predicted quality, true degradation severity) = "
+      f"{m['spearman_quality_vs_severity']:+.3f}  (-1 = perfect, 0 = no relation)",
+  ]
+  for mode in auc:
+    for f, r in auc[mode].items():
+      gain = 1 - r["learned"] / r["random"] if r["random"] else float("nan")
+      lines.append(f"  ERC AUC [{mode:10s} FMR={f}] learned {r['learned']:.4f}  random "
+                   f"{r['random']:.4f}  oracle {r['oracle']:.4f}  → {100 * gain:.0f}% below "
+                   "random")
+  lines.append(f"  Lower AUC = rejecting the lowest-quality pairs removes more errors. "
+               f"Plot: {out_dir / 'erc.png'}; numbers: {out_dir / 'metrics.json'}")
+  print("\n".join(lines), flush=True)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -214,6 +243,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
+  if is_main:  # lets score/evaluate rebuild the model from a workdir alone
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 
   # --- Data facts, mesh, model, optimiser, jitted step. ---
   num_classes, num_examples = dataset_facts(config)

@@ -109,3 +109,24 @@ def test_padding_columns_are_ignored():
   g = jax.grad(lambda w: losses.crfiqa_loss(emb, q, w, y, num_classes=5).loss)(
       jnp.concatenate([w, pad], 1))
   assert np.all(np.isfinite(g)) and np.all(g[:, 5:] == 0)
+
+
+def test_margin_fallback_only_changes_targets_beyond_pi_minus_m():
+  cos = jnp.array([[-0.95, 0.1, 0.2], [0.3, 0.1, 0.2]])  # row 0: θ_y > π - m
+  y = jnp.array([0, 0])
+  q = jnp.zeros(2)
+  w = jnp.eye(3)  # centres = unit axes, so cos θ = the embedding's normalised components
+  emb = cos / jnp.linalg.norm(cos, axis=1, keepdims=True)
+  plain = losses.crfiqa_loss(emb, q, w, y)
+  guarded = losses.crfiqa_loss(emb, q, w, y, margin_fallback=True)
+  c0 = float(emb[0, 0])
+  assert c0 <= math.cos(math.pi - 0.5)
+  # Row 0 target logit: 64·(c0 - 0.5·sin 0.5) instead of 64·cos(acos(c0) + 0.5).
+  others = 64 * np.asarray(emb[0, 1:])
+  want0 = np.log(np.exp(others).sum() + np.exp(64 * (c0 - 0.5 * math.sin(0.5)))) \
+      - 64 * (c0 - 0.5 * math.sin(0.5))
+  c1 = np.asarray(emb[1])
+  t1 = 64 * math.cos(math.acos(c1[0]) + 0.5)
+  want1 = np.log(np.exp(64 * c1[1:]).sum() + np.exp(t1)) - t1
+  np.testing.assert_allclose(guarded.loss_arc, (want0 + want1) / 2, rtol=1e-5)
+  assert float(plain.loss_arc) != pytest.approx(float(guarded.loss_arc))

@@ -18,6 +18,7 @@ interrupted conversion never looks complete.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -45,10 +46,11 @@ def features():
   })
 
 
+@functools.cache
 def _make_builder_class():
   tfds = _tfds()
 
-  class FaceRecords(tfds.core.GeneratorBasedBuilder):
+  class FaceRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Face images with identity labels; see crfiqa_jax.data.records."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -225,3 +227,36 @@ class FaceDataset(Sequence):
 def open_dataset(path: str | Path, split: str = "train") -> FaceDataset:
   """Opens what `write_records` / `python -m crfiqa_jax.prepare` wrote."""
   return FaceDataset(path, split)
+
+
+class PairSet:
+  """A verification split: `images` (a FaceDataset) and pair arrays `a`, `b`, `genuine`."""
+
+  def __init__(self, images: FaceDataset, a: np.ndarray, b: np.ndarray, genuine: np.ndarray):
+    self.images, self.a, self.b, self.genuine = images, a, b, genuine
+
+  def __len__(self) -> int:
+    return len(self.a)
+
+  def __getitem__(self, i: int):
+    """(image_a, image_b, genuine) of pair i, images decoded uint8 [H, W, 3]."""
+    return self.images[int(self.a[i])]["image"], self.images[int(self.b[i])]["image"], \
+        bool(self.genuine[i])
+
+
+def open_pairs(path: str | Path, split: str = "test") -> PairSet:
+  """The comparison pairs of an evaluation split: those stored by `prepare bin` (metadata
+  "<split>_pairs" = [[a, b, genuine], ...]) or, for "all" (synthetic data), every pair of
+  distinct images, genuine when the labels agree."""
+  images = FaceDataset(path, split)
+  pairs = images.info.get(f"{split}_pairs")
+  if pairs is None:
+    raise ValueError(f"{path} split {split!r} has no pairs (metadata '{split}_pairs')")
+  if pairs == "all":
+    labels = np.array([images.source[i]["label"] for i in range(len(images))])
+    a, b = np.triu_indices(len(labels), k=1)
+    return PairSet(images, a, b, labels[a] == labels[b])
+  arr = np.asarray(pairs, np.int64).reshape(-1, 3)
+  if len(arr) and (arr[:, :2].max() >= len(images) or arr[:, :2].min() < 0):
+    raise ValueError(f"{path}: pair indices out of range for {len(images)} images")
+  return PairSet(images, arr[:, 0], arr[:, 1], arr[:, 2].astype(bool))

@@ -151,16 +151,20 @@ def degrade(img: np.ndarray, kind: str, severity: float, rng: np.random.Generato
   size = img.shape[0]
   px = size / 64.0  # severities are defined for 64-px faces and scale with the image
   u8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+  # Strengths are calibrated so that, for a model trained on this data, every kind at
+  # severity 1 costs roughly the same genuine similarity (see the README's demo section).
   if kind == "blur":
-    out = Image.fromarray(u8).filter(ImageFilter.GaussianBlur(radius=0.2 + 3.8 * severity * px))
+    out = Image.fromarray(u8).filter(ImageFilter.GaussianBlur(radius=0.2 + 6.0 * severity * px))
     return np.asarray(out)
   if kind == "downscale":
-    small = max(3, int(round(size / (1 + 9 * severity))))
+    small = max(3, int(round(size / (1 + 11 * severity))))
     out = Image.fromarray(u8).resize((small, small), Image.BILINEAR).resize((size, size),
                                                                            Image.BILINEAR)
     return np.asarray(out)
   if kind == "noise":
-    return np.clip(u8 + rng.normal(0, 80 * severity, u8.shape), 0, 255).astype(np.uint8)
+    noisy = u8 + rng.normal(0, 150 * severity, u8.shape[:2] + (1,)) \
+        + rng.normal(0, 60 * severity, u8.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
   if kind == "occlusion":
     area = 0.6 * severity * 0.7 ** 2  # fraction of the face box (~0.7 of the image side)
     h = int(round(size * np.sqrt(area) * rng.uniform(0.7, 1.4)))
@@ -172,14 +176,19 @@ def degrade(img: np.ndarray, kind: str, severity: float, rng: np.random.Generato
     out[y0:y0 + h, x0:x0 + w] = rng.integers(0, 255, 3)
     return out
   if kind == "jpeg":
-    q = int(round(70 - 68 * severity))
+    # Low-resolution capture stored with heavy compression (CCTV-like): JPEG alone leaves a
+    # 64-px face recognisable, so resolution drops with it.
+    small = max(8, int(round(size / (1 + 3 * severity))))
+    q = int(round(50 - 49 * severity))
     buf = io.BytesIO()
-    Image.fromarray(u8).save(buf, format="JPEG", quality=max(q, 1))
-    return np.asarray(Image.open(buf).convert("RGB"))
+    Image.fromarray(u8).resize((small, small), Image.BILINEAR).save(buf, format="JPEG",
+                                                                   quality=max(q, 1))
+    out = Image.open(buf).convert("RGB").resize((size, size), Image.NEAREST)
+    return np.asarray(out)
   if kind == "exposure":
     f = img.mean()
-    contrast = 1 - 0.9 * severity
-    shift = rng.choice([-1, 1]) * 0.35 * severity
+    contrast = 1 - 0.95 * severity
+    shift = rng.choice([-1, 1]) * 0.45 * severity
     out = np.clip(f + (img - f) * contrast + shift, 0, 1)
     return (out * 255 + 0.5).astype(np.uint8)
   raise ValueError(f"unknown degradation {kind!r}; kinds: {KINDS}")

@@ -1,0 +1,117 @@
+"""images/s of one CR-FIQA train step (forward, loss, backward, SGD) on this machine.
+
+    python benchmarks/train_step.py [--arch iresnet50] [--batch 8] [--steps 10]
+
+JAX: the jitted `train.train_step` (iResNet, ArcFace + CR loss, SGD + weight decay +
+backbone clipping) on one device. PyTorch (when installed): the same architecture
+(tests/torch_iresnet.py), the same loss and optimiser, with the same thread count.
+Prints both and the ratio JAX/PyTorch. XLA_FLAGS and other XLA knobs can be tried with
+--xla-flags; the figure of each is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
+def bench_jax(arch, batch, steps, classes, dtype):
+  import jax
+  import numpy as np
+
+  from crfiqa_jax import main, sharding, train
+  cfg = main.load_config("base", {"model": arch, "batch_size": str(batch), "dtype": dtype})
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  trainer = train.Trainer(cfg, num_classes=classes, num_examples=batch * 100, mesh=mesh)
+  state = trainer.init()
+  rng = np.random.default_rng(0)
+  b = sharding.global_batch(
+      {"image": rng.integers(0, 255, (batch, 112, 112, 3), dtype=np.uint8),
+       "label": rng.integers(0, classes, batch).astype(np.int32)}, mesh)
+  t = time.perf_counter()
+  state, m = trainer.step_fn(state, b)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, m = trainer.step_fn(state, b)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  return batch / np.median(times), compile_s
+
+
+def bench_torch(arch, batch, steps, classes, threads):
+  import numpy as np
+  import torch
+  import torch.nn.functional as F
+
+  import torch_iresnet
+  torch.set_num_threads(threads)
+  model = torch_iresnet.make(arch).train()
+  centres = torch.nn.Parameter(torch.randn(512, classes) * 0.01)
+  opt_b = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+  opt_h = torch.optim.SGD([centres], lr=0.1, momentum=0.9, weight_decay=5e-4)
+  x = torch.randn(batch, 3, 112, 112)
+  y = torch.randint(0, classes, (batch,))
+
+  def step():
+    emb, q = model(x)
+    cos = F.normalize(emb) @ F.normalize(centres, dim=0)
+    cos = cos.clamp(-1, 1)
+    with torch.no_grad():
+      ccs = cos.gather(1, y[:, None])[:, 0]
+      other = cos.clone()
+      other.scatter_(1, y[:, None], -1e12)
+      cr = ccs / (other.max(1).values + 1 + 1e-9)
+    theta = torch.acos(cos.gather(1, y[:, None]).clamp(-1 + 1e-7, 1 - 1e-7))
+    logits = cos.scatter(1, y[:, None], torch.cos(theta + 0.5)) * 64
+    loss = F.cross_entropy(logits, y) + 10 * F.smooth_l1_loss(q, cr, beta=0.5)
+    opt_b.zero_grad()
+    opt_h.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5)
+    opt_b.step()
+    opt_h.step()
+
+  step()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t)
+  return batch / np.median(times)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--arch", default="iresnet50")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--classes", type=int, default=10572)
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--skip-torch", action="store_true")
+  args = p.parse_args()
+  threads = os.cpu_count()
+  jax_ips, compile_s = bench_jax(args.arch, args.batch, args.steps, args.classes, args.dtype)
+  print(f"JAX     {args.arch} batch {args.batch}: {jax_ips:7.2f} images/s "
+        f"(compile {compile_s:.0f} s, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
+  if args.skip_torch:
+    return
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    print("PyTorch not installed (pip install -e '.[torch]'): no comparison")
+    return
+  torch_ips = bench_torch(args.arch, args.batch, args.steps, args.classes, threads)
+  print(f"PyTorch {args.arch} batch {args.batch}: {torch_ips:7.2f} images/s ({threads} threads)")
+  print(f"ratio JAX/PyTorch: {jax_ips / torch_ips:.2f}")
+
+
+if __name__ == "__main__":
+  main()

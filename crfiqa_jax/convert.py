@@ -1,0 +1,315 @@
+"""Released PyTorch CR-FIQA weights → Flax variables, with or without torch installed.
+
+    python -m crfiqa_jax.convert --torch=181952backbone.pth --arch=iresnet100 --out=DIR
+
+`from_torch(path_or_state_dict, arch)` maps every tensor of an insightface/CR-FIQA iResNet
+state_dict onto `models.IResNet*` variables: conv OIHW → HWIO, Linear (out, in) → (in, out),
+the FC weight permuted from PyTorch's (C, H, W) flatten order to our (H, W, C), BatchNorm
+weight/bias/running stats → scale/bias/mean/var, PReLU slopes, the `qs` quality head. It is
+strict: every tensor is used exactly once and every shape checked.
+
+`.pth` files are read with `torch.load(weights_only=True)` when torch is installed, else by
+`read_pth`, a reader of PyTorch's zip format whose unpickler rebuilds tensors from the
+archive's storages and refuses every other global, so a crafted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import pickle
+import re
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from crfiqa_jax import models
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+  pass
+
+
+def _bfloat16():
+  import ml_dtypes
+  return ml_dtypes.bfloat16
+
+
+class _TorchZipUnpickler(pickle.Unpickler):
+  """Admits only the globals a tensor state_dict needs; storages come from the zip."""
+
+  def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str, byteorder: str):
+    super().__init__(io.BytesIO(data))
+    self._zf, self._prefix, self._byteorder = zf, prefix, byteorder
+    self._storages: dict[str, np.ndarray] = {}
+
+  def find_class(self, module, name):
+    if module == "collections" and name == "OrderedDict":
+      import collections
+      return collections.OrderedDict
+    if module == "torch._utils" and name == "_rebuild_tensor_v2":
+      return _rebuild_tensor
+    if module == "torch._utils" and name == "_rebuild_parameter":
+      return lambda data, requires_grad, hooks, *a: data
+    if module == "torch" and (name in _STORAGE_DTYPES or name == "BFloat16Storage"):
+      return name
+    raise UnsafeCheckpointError(
+        f"refusing to load global {module}.{name}: only tensors, storages and OrderedDicts "
+        "may appear in a weights file")
+
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+      raise UnsafeCheckpointError(f"unexpected persistent id {pid!r}")
+    _, storage_type, key, _location, numel = pid[:5]
+    if storage_type == "BFloat16Storage":
+      dtype = np.dtype(_bfloat16())
+    elif storage_type in _STORAGE_DTYPES:
+      dtype = np.dtype(_STORAGE_DTYPES[storage_type])
+    else:
+      raise UnsafeCheckpointError(f"unsupported storage type {storage_type!r}")
+    if key not in self._storages:
+      name = f"{self._prefix}data/{key}"
+      try:
+        raw = self._zf.read(name)
+      except KeyError as e:
+        raise ValueError(f"weights file lacks storage {name}") from e
+      arr = np.frombuffer(raw, dtype=dtype.newbyteorder("<" if self._byteorder == "little"
+                                                         else ">"))
+      if len(arr) < numel:
+        raise ValueError(f"storage {name} holds {len(arr)} elements, {numel} expected")
+      self._storages[key] = arr.astype(dtype)  # native byte order, owned copy
+    return self._storages[key]
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+  if not isinstance(storage, np.ndarray):
+    raise UnsafeCheckpointError("tensor without a storage")
+  size, stride = tuple(size), tuple(stride)
+  if not size:
+    return storage[offset].copy()
+  needed = offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1
+  if any(s == 0 for s in size):
+    return np.zeros(size, storage.dtype)
+  if needed > len(storage):
+    raise ValueError("tensor extends past its storage")
+  view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
+                                         strides=[st * storage.itemsize for st in stride])
+  return np.array(view)
+
+
+def read_pth(path: str | Path) -> dict[str, np.ndarray]:
+  """Reads a PyTorch zip checkpoint (torch ≥ 1.6 format) into numpy arrays, without torch."""
+  path = Path(path)
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{path} is not a PyTorch zip checkpoint (files from torch < 1.6 use a "
+                     "legacy format: re-save them with torch.save in a newer torch)")
+  with zipfile.ZipFile(path) as zf:
+    names = zf.namelist()
+    pkl = [n for n in names if n.endswith("data.pkl")]
+    if len(pkl) != 1:
+      raise ValueError(f"{path}: expected one data.pkl in the archive, found {pkl}")
+    prefix = pkl[0][: -len("data.pkl")]
+    byteorder = "little"
+    if f"{prefix}byteorder" in names:
+      byteorder = zf.read(f"{prefix}byteorder").decode().strip()
+    obj = _TorchZipUnpickler(zf.read(pkl[0]), zf, prefix, byteorder).load()
+  return _as_state_dict(obj, path)
+
+
+def _as_state_dict(obj, path) -> dict[str, np.ndarray]:
+  if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    obj = obj["state_dict"]
+  if not isinstance(obj, Mapping):
+    raise ValueError(f"{path} does not hold a state_dict (got {type(obj).__name__})")
+  return dict(obj)
+
+
+def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+  """torch.load(weights_only=True) when torch is installed, else `read_pth`."""
+  try:
+    import torch
+  except ImportError:
+    return read_pth(path)
+  sd = torch.load(path, map_location="cpu", weights_only=True)
+  sd = _as_state_dict(sd, path)
+  return {k: (v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy())
+          if hasattr(v, "numpy") else v for k, v in sd.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Mapping.
+# ---------------------------------------------------------------------------------------
+
+_LEAF = {"kernel": "weight", "scale": "weight", "alpha": "weight", "bias": "bias",
+         "mean": "running_mean", "var": "running_var"}
+
+
+def _torch_key(path: tuple[str, ...]) -> str:
+  module, *rest = path
+  m = re.fullmatch(r"layer(\d+)_(\d+)", module)
+  parts = [f"layer{m[1]}.{m[2]}"] if m else [module]
+  for p in rest[:-1]:
+    parts.append({"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(p, p))
+  parts.append(_LEAF[rest[-1]])
+  return ".".join(parts)
+
+
+def detect_arch(state_dict: Mapping[str, Any]) -> str | None:
+  """The arch whose block counts match the state_dict's layer keys, if any."""
+  counts = []
+  for i in range(1, 5):
+    blocks = {int(m[1]) for k in state_dict if (m := re.match(rf"layer{i}\.(\d+)\.", k))}
+    counts.append(len(blocks))
+  for name, fn in models.ARCHS.items():
+    if tuple(fn.keywords["stage_sizes"]) == tuple(counts):
+      return name
+  return None
+
+
+def _strip_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
+  if sd and all(k.startswith("module.") for k in sd):
+    return {k[len("module."):]: v for k, v in sd.items()}
+  return dict(sd)
+
+
+def from_torch(path_or_state_dict, arch: str, *, image_size: int = 112) -> dict:
+  """Flax variables {"params", "batch_stats"} for `models.create_model(arch)`."""
+  import jax
+  import jax.numpy as jnp
+
+  sd = path_or_state_dict
+  if isinstance(sd, (str, Path)):
+    sd = load_state_dict(sd)
+  sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+        for k, v in _strip_prefix(sd).items()}
+  fc = sd.get("fc.weight")
+  emb_dim = fc.shape[0] if fc is not None else 512
+  model = models.create_model(arch, embedding_dim=emb_dim)
+  abstract = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
+  used: set[str] = set()
+  missing, bad_shapes = [], []
+  widths = model.widths
+
+  def convert(collection, path, leaf):
+    names = tuple(getattr(k, "key", str(k)) for k in path)
+    key = _torch_key(names)
+    if key not in sd:
+      missing.append(key)
+      return np.zeros(leaf.shape, leaf.dtype)
+    t = sd[key].astype(np.float32)
+    used.add(key)
+    if names[-1] == "kernel" and t.ndim == 4:
+      t = t.transpose(2, 3, 1, 0)  # OIHW → HWIO
+    elif names[0] == "fc" and names[-1] == "kernel":
+      c = widths[-1]
+      side = int(round((t.shape[1] // c) ** 0.5))
+      if side * side * c != t.shape[1]:
+        bad_shapes.append(f"{key}: {t.shape} does not flatten a {c}-channel square map")
+        return np.zeros(leaf.shape, leaf.dtype)
+      t = t.reshape(t.shape[0], c, side, side).transpose(2, 3, 1, 0).reshape(-1, t.shape[0])
+    elif names[-1] == "kernel":
+      t = t.T  # Linear (out, in) → (in, out)
+    if t.shape != leaf.shape:
+      bad_shapes.append(f"{key}: file {t.shape} vs model {leaf.shape}")
+      return np.zeros(leaf.shape, leaf.dtype)
+    return t
+
+  variables = {col: jax.tree_util.tree_map_with_path(
+      lambda p, l, col=col: convert(col, p, l), abstract[col]) for col in abstract}
+  unexpected = sorted(k for k in sd if k not in used and not k.endswith("num_batches_tracked"))
+  if missing or unexpected or bad_shapes:
+    fits = detect_arch(sd)
+    hint = f"; the file's block counts fit {fits!r}" if fits and fits != arch else ""
+    raise ValueError(
+        f"state_dict does not match {arch}{hint}. Missing: {missing[:10]}"
+        f"{' …' if len(missing) > 10 else ''} ({len(missing)}); unexpected: {unexpected[:10]}"
+        f"{' …' if len(unexpected) > 10 else ''} ({len(unexpected)}); shape mismatches: "
+        f"{bad_shapes[:10]}")
+  return variables
+
+
+# ---------------------------------------------------------------------------------------
+# Exported inference checkpoints: DIR/model.json + DIR/variables (orbax).
+# ---------------------------------------------------------------------------------------
+
+def save_inference(out_dir: str | Path, variables: dict, *, arch: str, embedding_dim: int,
+                   image_size: int = 112, source: str = "") -> Path:
+  import orbax.checkpoint as ocp
+  out = Path(out_dir).absolute()
+  out.mkdir(parents=True, exist_ok=True)
+  if (out / "variables").exists():
+    raise FileExistsError(f"{out}/variables exists; choose an empty --out")
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(out / "variables", variables)
+  (out / "model.json").write_text(json.dumps(
+      {"arch": arch, "embedding_dim": embedding_dim, "image_size": image_size,
+       "source": source}, indent=1))
+  return out
+
+
+def load_model(path: str | Path, arch: str | None = None):
+  """(model, variables, info) from a .pth file (needs `arch` or detects it), an exported
+  directory (model.json + variables) or a training workdir (config.json + checkpoints)."""
+  import orbax.checkpoint as ocp
+  path = Path(path).absolute()
+  if path.suffix in (".pth", ".pt"):
+    sd = _strip_prefix(load_state_dict(path))
+    arch = arch or detect_arch(sd)
+    if arch is None:
+      raise ValueError(f"cannot tell the architecture of {path}; pass --arch")
+    variables = from_torch(sd, arch)
+    emb = variables["params"]["fc"]["bias"].shape[0]
+    return (models.create_model(arch, embedding_dim=emb), variables,
+            {"arch": arch, "embedding_dim": emb, "image_size": 112, "source": str(path)})
+  if (path / "model.json").exists():
+    info = json.loads((path / "model.json").read_text())
+    with ocp.StandardCheckpointer() as ckptr:
+      variables = ckptr.restore(path / "variables")
+    return (models.create_model(info["arch"], embedding_dim=info["embedding_dim"]),
+            variables, info)
+  if (path / "config.json").exists() and (path / "checkpoints").exists():
+    cfg = json.loads((path / "config.json").read_text())
+    mgr = ocp.CheckpointManager(path / "checkpoints", item_names=("state", "data"))
+    step = mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{path}/checkpoints holds no checkpoint yet")
+    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    variables = {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
+    info = {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
+            "image_size": cfg["image_size"], "source": f"{path} step {step}"}
+    return (models.create_model(cfg["model"], embedding_dim=cfg["embedding_dim"]), variables,
+            info)
+  raise FileNotFoundError(f"{path} is neither a .pth file, an exported model (model.json) nor "
+                          "a training workdir (config.json + checkpoints/)")
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--torch", required=True, help="PyTorch state_dict (.pth)")
+  p.add_argument("--arch", default=None, help=f"one of {sorted(models.ARCHS)} (default: detect)")
+  p.add_argument("--out", required=True, help="output directory (orbax)")
+  args = p.parse_args(argv)
+  try:
+    model, variables, info = load_model(args.torch, args.arch)
+    out = save_inference(args.out, variables, arch=info["arch"],
+                         embedding_dim=info["embedding_dim"], source=str(args.torch))
+  except (ValueError, FileNotFoundError, FileExistsError, pickle.UnpicklingError) as e:
+    sys.exit(f"error: {e}")
+  n = sum(np.size(x) for x in __import__("jax").tree.leaves(variables["params"]))
+  print(f"Converted {args.torch} ({info['arch']}, {n:,} parameters) → {out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,109 @@
+import pickle
+import zipfile
+
+import jax
+import numpy as np
+import pytest
+
+from crfiqa_jax import convert, models
+
+torch = pytest.importorskip("torch", reason="the [torch] extra is not installed")
+import torch_iresnet  # noqa: E402  (tests/torch_iresnet.py, needs torch)
+
+
+def _compare(arch, image_size=112, batch=3, tmp_path=None):
+  ref = torch_iresnet.randomize_(torch_iresnet.make(arch, image_size=image_size)).eval()
+  x = np.random.default_rng(0).uniform(-1, 1, (batch, image_size, image_size, 3)).astype(
+      np.float32)
+  with torch.no_grad():
+    emb_t, q_t = ref(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+  variables = convert.from_torch(ref.state_dict(), arch, image_size=image_size)
+  model = models.create_model(arch, embedding_dim=emb_t.shape[1])
+  emb, q = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  emb_t, q_t = emb_t.numpy(), q_t.numpy()
+  rel_emb = np.abs(np.asarray(emb) - emb_t).max() / np.abs(emb_t).max()
+  rel_q = np.abs(np.asarray(q) - q_t).max() / max(np.abs(q_t).max(), 1e-6)
+  return rel_emb, rel_q, ref
+
+
+@pytest.mark.parametrize("arch,size", [("iresnet_tiny", 112), ("iresnet18", 112)])
+def test_converted_model_matches_pytorch(arch, size):
+  rel_emb, rel_q, _ = _compare(arch, size)
+  assert rel_emb < 1e-4 and rel_q < 1e-4, (rel_emb, rel_q)
+
+
+@pytest.mark.slow
+def test_iresnet50_matches_pytorch():
+  rel_emb, rel_q, _ = _compare("iresnet50", batch=2)
+  assert rel_emb < 1e-4 and rel_q < 1e-4, (rel_emb, rel_q)
+
+
+def test_torch_free_reader_matches_torch_load(tmp_path):
+  ref = torch_iresnet.randomize_(torch_iresnet.make("iresnet_tiny"))
+  sd = ref.state_dict()
+  sd["extra_half"] = torch.randn(4, 5).half()
+  sd["extra_bf16"] = torch.randn(3).bfloat16()
+  sd["strided"] = torch.randn(6, 4).t()  # non-contiguous view
+  path = tmp_path / "w.pth"
+  torch.save(sd, path)
+  ours = convert.read_pth(path)
+  theirs = torch.load(path, weights_only=True)
+  assert set(ours) == set(theirs)
+  for k, v in theirs.items():
+    want = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+    np.testing.assert_array_equal(np.asarray(ours[k], dtype=want.dtype), want, err_msg=k)
+    assert ours[k].shape == tuple(v.shape)
+
+
+def test_dataparallel_prefix_and_file_paths(tmp_path):
+  ref = torch_iresnet.randomize_(torch_iresnet.make("iresnet_tiny"))
+  path = tmp_path / "dp.pth"
+  torch.save({"module." + k: v for k, v in ref.state_dict().items()}, path)
+  a = convert.from_torch(path, "iresnet_tiny")
+  b = convert.from_torch(ref.state_dict(), "iresnet_tiny")
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  model, variables, info = convert.load_model(path)  # arch detected from block counts
+  assert info["arch"] == "iresnet_tiny"
+
+
+def test_mismatch_names_keys_and_fitting_arch():
+  ref = torch_iresnet.randomize_(torch_iresnet.make("iresnet18"))
+  with pytest.raises(ValueError, match="fit 'iresnet18'.*Missing"):
+    convert.from_torch(ref.state_dict(), "iresnet34")
+  sd = dict(ref.state_dict())
+  sd["bonus.weight"] = torch.zeros(3)
+  with pytest.raises(ValueError, match="unexpected: \\['bonus.weight'\\]"):
+    convert.from_torch(sd, "iresnet18")
+
+
+def test_convert_cli_and_reload(tmp_path):
+  ref = torch_iresnet.randomize_(torch_iresnet.make("iresnet_tiny")).eval()
+  path = tmp_path / "w.pth"
+  torch.save(ref.state_dict(), path)
+  convert.main([f"--torch={path}", "--arch=iresnet_tiny", f"--out={tmp_path / 'out'}"])
+  model, variables, info = convert.load_model(tmp_path / "out")
+  assert info["arch"] == "iresnet_tiny"
+  x = np.zeros((1, 112, 112, 3), np.float32)
+  with torch.no_grad():
+    want = ref(torch.zeros(1, 3, 112, 112))[1].numpy()
+  np.testing.assert_allclose(model.apply(variables, x)[1], want, rtol=1e-4, atol=1e-5)
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+  marker = tmp_path / "pwned"
+
+  class Evil:
+    def __reduce__(self):
+      import os
+      return (os.system, (f"touch {marker}",))
+
+  path = tmp_path / "evil.pth"
+  with zipfile.ZipFile(path, "w") as zf:
+    zf.writestr("evil/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
+    zf.writestr("evil/byteorder", "little")
+  with pytest.raises(convert.UnsafeCheckpointError, match="posix.system|os.system"):
+    convert.read_pth(path)
+  assert not marker.exists()
+  with pytest.raises(ValueError, match="not a PyTorch zip"):
+    (tmp_path / "legacy.pth").write_bytes(b"\x80\x02not a zip")
+    convert.read_pth(tmp_path / "legacy.pth")
