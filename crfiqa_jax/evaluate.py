@@ -76,8 +76,13 @@ def spearman(x, y) -> float:
 
 
 def erc_table(similarity, genuine, pair_qualities: dict[str, np.ndarray], *,
-              fmrs=("1e-2", "1e-3"), modes=erc.MODES, reject_ratios=None) -> dict:
-  """{mode: {fmr: {method: {"fnmr": [...], "auc": float}}}} for every quality method."""
+              fmrs=("1e-2", "1e-3"), modes=erc.MODES, reject_ratios=None,
+              discard_limit: float | None = None) -> dict:
+  """{mode: {fmr: {method: {"fnmr": [...], "auc": float[, "pauc": float]}}}}.
+
+  A method named "random" may map to a list of per-pair quality arrays: its FNMRs and AUCs
+  are the means over those orderings.
+  """
   ratios = erc.RELEASED_RATIOS if reject_ratios is None else np.asarray(reject_ratios)
   out = {}
   for mode in modes:
@@ -85,32 +90,67 @@ def erc_table(similarity, genuine, pair_qualities: dict[str, np.ndarray], *,
     for f in fmrs:
       out[mode][f] = {}
       for name, q in pair_qualities.items():
-        fnmr = erc.error_versus_reject(similarity, genuine, q, fmr=FMRS[f],
-                                       reject_ratios=ratios, threshold=mode)
-        out[mode][f][name] = {"fnmr": fnmr.tolist(), "auc": erc.erc_auc(ratios, fnmr)}
+        runs = q if isinstance(q, list) else [q]
+        fnmrs = np.array([erc.error_versus_reject(similarity, genuine, r, fmr=FMRS[f],
+                                                  reject_ratios=ratios, threshold=mode)
+                          for r in runs])
+        # Ratios that leave no genuine (or impostor) pair have no FNMR: the AUC then covers
+        # the defined prefix only, and says up to where.
+        nan = np.isnan(fnmrs).any(0)
+        m = int(np.argmax(nan)) if nan.any() else len(ratios)
+        res = {"fnmr": [None if np.isnan(v) else float(v) for v in fnmrs.mean(0)],
+               "auc": float(np.mean([erc.erc_auc(ratios[:m], x[:m]) for x in fnmrs]))
+               if m > 1 else float("nan")}
+        if m < len(ratios):
+          res["auc_up_to_ratio"] = float(ratios[m - 1]) if m else 0.0
+          log.warning("%s FMR=%s %s: no FNMR beyond reject ratio %.2f (too few pairs left)",
+                      mode, f, name, ratios[max(m - 1, 0)])
+        if discard_limit is not None:
+          lim = min(discard_limit, ratios[m - 1]) if m else 0.0
+          res["pauc"] = float(np.mean([erc.erc_auc(ratios[:m], x[:m], limit=lim)
+                                       for x in fnmrs]))
+        out[mode][f][name] = res
   return out
 
 
+def random_pair_qualities(n_images: int, a, b, *, orderings: int = 5, seed: int = 0):
+  """Per-pair qualities (min of the two images) of `orderings` random image orderings."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(orderings):
+    r = rng.random(n_images)
+    out.append(np.minimum(r[a], r[b]))
+  return out
+
+
+_STYLES = {"learned": ("tab:blue", "-"), "oracle": ("tab:green", "--"),
+           "random": ("tab:gray", ":")}
+
+
+def _panel(ax, results: dict, title: str, ratios):
+  for name, res in results.items():
+    colour, ls = _STYLES.get(name, (None, "-"))
+    y = np.array([np.nan if v is None else v for v in res["fnmr"]])
+    ax.plot(100 * ratios, y, ls, color=colour, label=f"{name} (AUC {res['auc']:.4f})")
+  ax.set_title(title, fontsize=10)
+  ax.set_xlabel("Ratio of unconsidered pairs [%]")
+  ax.set_ylabel("FNMR")
+  ax.set_xlim(0, 100 * ratios[-1])
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+
+
 def plot_erc(table: dict, path: Path, *, title: str, reject_ratios=None):
-  """One panel per (mode, FMR): FNMR vs ratio of unconsidered pairs, a line per method."""
+  """One panel per (mode, FMR) of `table` ({mode: {fmr: {method: {fnmr, auc}}}}): FNMR vs
+  ratio of unconsidered pairs, a line per quality method."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  ratios = 100 * (erc.RELEASED_RATIOS if reject_ratios is None else np.asarray(reject_ratios))
+  ratios = erc.RELEASED_RATIOS if reject_ratios is None else np.asarray(reject_ratios)
   panels = [(m, f) for m in table for f in table[m]]
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-  styles = {"learned": ("tab:blue", "-"), "oracle": ("tab:green", "--"),
-            "random": ("tab:gray", ":")}
   for ax, (mode, f) in zip(axes[0], panels):
-    for name, res in table[mode][f].items():
-      colour, ls = styles.get(name, (None, "-"))
-      ax.plot(ratios, res["fnmr"], ls, color=colour, label=f"{name} (AUC {res['auc']:.3f})")
-    ax.set_title(f"FMR={f}, threshold {mode}", fontsize=10)
-    ax.set_xlabel("Ratio of unconsidered pairs [%]")
-    ax.set_ylabel("FNMR")
-    ax.set_xlim(0, 95)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _panel(ax, table[mode][f], f"FMR={f}, threshold {mode}", ratios)
   fig.suptitle(title, fontsize=11)
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,17 +166,10 @@ def synthetic_report(features, quality, labels, severity, *, out_dir: Path, trai
   sim = cosine(features, a, b)
   pair_q = np.minimum(quality[a], quality[b])
   oracle = -np.maximum(severity[a], severity[b])
-  rng = np.random.default_rng(seed)
-  randoms = [rng.random(len(labels)) for _ in range(random_orderings)]
-  methods = {"learned": pair_q, "oracle": oracle}
+  methods = {"learned": pair_q, "oracle": oracle,
+             "random": random_pair_qualities(len(labels), a, b, orderings=random_orderings,
+                                             seed=seed)}
   table = erc_table(sim, genuine, methods)
-  rand_tables = [erc_table(sim, genuine, {"random": np.minimum(r[a], r[b])})
-                 for r in randoms]
-  for mode in table:
-    for f in table[mode]:
-      runs = [t[mode][f]["random"] for t in rand_tables]
-      table[mode][f]["random"] = {"fnmr": np.mean([r["fnmr"] for r in runs], 0).tolist(),
-                                  "auc": float(np.mean([r["auc"] for r in runs]))}
   metrics = {
       "spearman_quality_vs_severity": spearman(quality, severity),
       "spearman_by_kind": ({k: spearman(quality[kinds == k], severity[kinds == k])
@@ -188,3 +221,178 @@ def evaluate_checkpoint_state(state, config, out_dir: Path, *, started: float | 
   wall = time.perf_counter() - (started if started is not None else t0)
   return synthetic_report(feats, quality, labels, severity, out_dir=Path(out_dir),
                           train_steps=int(state.step), wall_seconds=wall, kinds=kinds)
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark runner: python -m crfiqa_jax.evaluate
+# ---------------------------------------------------------------------------------------
+
+def _is_checkpoint(src: str) -> bool:
+  p = Path(src)
+  return p.suffix in (".pth", ".pt") or (p / "model.json").exists() or \
+      (p / "config.json").exists()
+
+
+def _spec(s: str) -> tuple[str, str]:
+  name, sep, src = s.partition("=")
+  if not sep:
+    return Path(s).stem or s, s
+  return name, src
+
+
+def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_dir: Path, *,
+               fmrs=("1e-2", "1e-3", "1e-4"), modes=erc.MODES, arch: str | None = None,
+               discard_limit: float | None = None, batch_size: int = 64) -> dict:
+  """Evaluates every quality source with every FR source on every benchmark; writes one PNG
+  per benchmark × FR × FMR × mode, results.json and auc_table.csv into `out_dir`."""
+  from crfiqa_jax import benchmarks as bm
+  from crfiqa_jax.score import Scorer
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  scorers: dict[str, Scorer] = {}
+
+  def scorer(src):
+    if src not in scorers:
+      scorers[src] = Scorer.from_checkpoint(src, arch, batch_size=batch_size)
+    return scorers[src]
+
+  results: dict = {}
+  for spec in benchmarks:
+    bench = bm.load_benchmark(spec)
+    n = len(bench.keys)
+    images = None
+
+    def imgs():
+      nonlocal images
+      if images is None:
+        images = bench.load_images()
+      return images
+
+    per_image_q: dict[str, np.ndarray] = {}
+    for qspec in qualities:
+      name, src = _spec(qspec)
+      if src == "random":
+        continue
+      if src == "oracle":
+        if bench.severity is None:
+          log.warning("%s has no true severity: skipping the oracle ordering", bench.name)
+          continue
+        per_image_q[name] = -bench.severity
+      elif _is_checkpoint(src):
+        per_image_q[name] = np.asarray(scorer(src)(imgs()), np.float64)
+      else:
+        table = bm.load_quality_csv(src, bench.root)
+        per_image_q[name] = np.array([table.get(k, np.nan) for k in bench.keys])
+    results[bench.name] = {}
+    for fspec in frs:
+      fr_name, src = _spec(fspec)
+      if _is_checkpoint(src):
+        feats = scorer(src).embed(imgs())[0].astype(np.float64)
+      else:
+        emb = bm.load_embeddings(src, bench.root)
+        dim = len(next(iter(emb.values())))
+        feats = np.stack([emb.get(k, np.full(dim, np.nan)) for k in bench.keys])
+      ok_img = np.isfinite(feats).all(1)
+      for q in per_image_q.values():
+        ok_img &= np.isfinite(q)
+      keep = ok_img[bench.a] & ok_img[bench.b]
+      a, b, gen = bench.a[keep], bench.b[keep], bench.genuine[keep]
+      sim = cosine(feats, a, b)
+      methods = {k: np.minimum(q[a], q[b]) for k, q in per_image_q.items()}
+      if any(_spec(q)[1] == "random" for q in qualities):
+        methods["random"] = random_pair_qualities(n, a, b)
+      n_imp = int((~gen).sum())
+      usable = [f for f in fmrs if n_imp * FMRS[f] >= 1]
+      for f in set(fmrs) - set(usable):
+        log.warning("%s/%s: %d impostor pairs are too few for FMR=%s: skipped", bench.name,
+                    fr_name, n_imp, f)
+      table = erc_table(sim, gen, methods, fmrs=usable, modes=modes,
+                        discard_limit=discard_limit)
+      results[bench.name][fr_name] = {
+          "pairs_used": int(keep.sum()), "pairs_total": int(len(keep)),
+          "genuine_used": int(gen.sum()), "impostor_used": n_imp, "erc": table}
+      log.info("%s / %s: %d of %d pairs have every quality and both embeddings", bench.name,
+               fr_name, int(keep.sum()), len(keep))
+      for mode in table:
+        for f in table[mode]:
+          _single_plot(table[mode][f], out_dir / bench.name / f"{fr_name}_FMR{f}_{mode}.png",
+                       f"{bench.name} ({fr_name}), FMR={f}, threshold {mode}")
+  (out_dir / "results.json").write_text(json.dumps(
+      {"reject_ratios": erc.RELEASED_RATIOS.tolist(), "discard_limit": discard_limit,
+       "benchmarks": results}, indent=1))
+  _auc_table(results, out_dir / "auc_table.csv")
+  return results
+
+
+def _single_plot(results: dict, path: Path, title: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5.5, 4.2))
+  _panel(ax, results, title, erc.RELEASED_RATIOS)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _auc_table(results: dict, path: Path):
+  """Rows: quality methods; columns: benchmark/FR/mode/FMR — the paper's Table 1 layout."""
+  cols, cells = [], {}
+  for bench, by_fr in results.items():
+    for fr, r in by_fr.items():
+      for mode, by_f in r["erc"].items():
+        for f, by_m in by_f.items():
+          col = f"{bench}/{fr}/{mode}/FMR={f}"
+          cols.append(col)
+          for m, v in by_m.items():
+            cells[(m, col)] = v["auc"]
+  methods = sorted({m for m, _ in cells})
+  with open(path, "w") as fh:
+    fh.write("method," + ",".join(cols) + "\n")
+    for m in methods:
+      fh.write(m + "," + ",".join(f"{cells[(m, c)]:.6f}" if (m, c) in cells else ""
+                                  for c in cols) + "\n")
+
+
+def main(argv=None) -> int:
+  import argparse
+  import sys
+  p = argparse.ArgumentParser(
+      prog="python -m crfiqa_jax.evaluate",
+      description="ERC reports: quality methods × FR models × benchmarks (REFERENCE §6).",
+      epilog="Sources are NAME=PATH. Quality PATH: a checkpoint (workdir, exported dir, .pth), "
+             "a scores CSV, 'random' or 'oracle'. FR PATH: a checkpoint, an .npz of "
+             "embeddings keyed by image path, or a folder of KEY.npy files.")
+  p.add_argument("--benchmark", action="append", required=True,
+                 help="prepared dataset folder or folder with pairs.txt (NAME=PATH)")
+  p.add_argument("--quality", action="append", required=True)
+  p.add_argument("--fr", action="append", required=True)
+  p.add_argument("--out", required=True)
+  p.add_argument("--fmr", default="1e-2,1e-3,1e-4")
+  p.add_argument("--modes", default="recomputed,fixed")
+  p.add_argument("--discard-limit", type=float, default=None,
+                 help="also report the partial AUC up to this reject ratio")
+  p.add_argument("--arch", default=None, help="architecture of .pth checkpoints")
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  fmrs = [f.strip() for f in args.fmr.split(",")]
+  bad = [f for f in fmrs if f not in FMRS] + [m for m in args.modes.split(",")
+                                              if m not in erc.MODES]
+  if bad:
+    print(f"error: unknown FMR/mode {bad}; FMRs {sorted(FMRS)}, modes {erc.MODES}",
+          file=sys.stderr)
+    return 2
+  try:
+    run_report(args.benchmark, args.quality, args.fr, Path(args.out), fmrs=fmrs,
+               modes=args.modes.split(","), arch=args.arch, discard_limit=args.discard_limit)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {args.out}/results.json, auc_table.csv and plots", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -22,14 +22,14 @@ def _roc(gen_dist, imp_dist):
   return thresholds * -1, fm / len(imp_dist)
 
 
-def released_erc(similarity, genuine, quality, fmrs=(1e-2, 1e-3, 1e-4)):
+def released_erc(similarity, genuine, quality, fmrs=(1e-2, 1e-3, 1e-4), ratios=None):
   similarity = np.asarray(similarity, np.float64)
   genuine = np.asarray(genuine, bool)
   order = np.argsort(np.asarray(quality, np.float64))
   n = len(similarity)
   dist_all = np.arccos(np.clip(similarity, -1.0, 1.0)) / math.pi
   out = [[] for _ in fmrs]
-  for rate in np.arange(0, 0.98, 0.05):
+  for rate in (np.arange(0, 0.98, 0.05) if ratios is None else ratios):
     kept = order[int(rate * n):]
     pos = np.sort(dist_all[kept][genuine[kept]])
     neg = np.sort(dist_all[kept][~genuine[kept]])

@@ -178,8 +178,8 @@ def degrade(img: np.ndarray, kind: str, severity: float, rng: np.random.Generato
   if kind == "jpeg":
     # Low-resolution capture stored with heavy compression (CCTV-like): JPEG alone leaves a
     # 64-px face recognisable, so resolution drops with it.
-    small = max(8, int(round(size / (1 + 3 * severity))))
-    q = int(round(50 - 49 * severity))
+    small = max(8, int(round(size / (1 + 4 * severity))))
+    q = int(round(40 - 39 * severity))
     buf = io.BytesIO()
     Image.fromarray(u8).resize((small, small), Image.BILINEAR).save(buf, format="JPEG",
                                                                    quality=max(q, 1))
@@ -205,7 +205,8 @@ def samples(num_identities: int, per_identity: int, *, seed: int, size: int,
     for k in range(per_identity):
       rng = np.random.default_rng([seed, i, k + 1])
       kind = KINDS[int(rng.integers(len(KINDS)))]
-      severity = float(rng.uniform())
+      # Like real training sets: most faces fine, a tail of bad ones (P(s > 0.7) ≈ 16%).
+      severity = float(rng.uniform() ** 2)
       img = degrade(render(ident, rng, size), kind, severity, rng)
       yield {"image": records.encode_jpeg(img, quality=95),
              "label": i - first_identity + label_offset,
