@@ -1,0 +1,210 @@
+"""IJB-C 1:1 verification with quality-weighted templates (paper Table 2), and alignment.
+
+Layout (as distributed with the insightface IJB evaluation):
+  ROOT/meta/ijbc_face_tid_mid.txt          "image template_id media_id" per image
+  ROOT/meta/ijbc_template_pair_label.txt   "template1 template2 label" per comparison
+  ROOT/meta/ijbc_name_5pts_score.txt       "image x1 y1 … x5 y5 score" (loose-crop landmarks)
+  ROOT/loose_crop/<image>                  the loose crops
+
+Template feature (REFERENCE §6): image feature = emb(img) + emb(flip); qualities min-max
+normalised over all images are the weights; weighted features are averaged within each
+media, summed over the media of a template and L2-normalised. Comparison score = cosine.
+TAR at FAR 1e-6 … 1e-1 with the fixed-threshold convention of `erc.fixed_threshold`
+(accept score > the (k+1)-th highest impostor score, k = floor(FAR·#impostors)).
+Template-pair ERC quality = min over the images of both templates.
+
+    python -m crfiqa_jax.ijbc --root=IJBC --fr=CHECKPOINT_OR_NPZ --quality=CHECKPOINT_OR_CSV \
+        --out=DIR [--arch=iresnet100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from crfiqa_jax import erc
+
+log = logging.getLogger(__name__)
+
+FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+# ArcFace 112×112 template: left eye, right eye, nose, left and right mouth corners.
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+  """2×3 matrix M of the least-squares similarity (Umeyama) with dst ≈ M·[src; 1]."""
+  src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+  mu_s, mu_d = src.mean(0), dst.mean(0)
+  s, d = src - mu_s, dst - mu_d
+  cov = d.T @ s / len(src)
+  u, sig, vt = np.linalg.svd(cov)
+  e = np.eye(2)
+  if np.linalg.det(u) * np.linalg.det(vt) < 0:
+    e[1, 1] = -1
+  rot = u @ e @ vt
+  scale = np.trace(np.diag(sig) @ e) / s.var(0).sum()
+  m = np.zeros((2, 3))
+  m[:, :2] = scale * rot
+  m[:, 2] = mu_d - scale * rot @ mu_s
+  return m
+
+
+def align(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+  """Warps a face so its 5 landmarks land on the ArcFace template (uint8 [size, size, 3])."""
+  from PIL import Image
+  m = similarity_transform(landmarks, ARCFACE_TEMPLATE * size / 112)
+  inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]  # PIL maps output → input
+  out = Image.fromarray(image).transform((size, size), Image.AFFINE, inv.reshape(-1),
+                                         resample=Image.BILINEAR)
+  return np.asarray(out)
+
+
+def read_meta(root: str | Path):
+  """(image names, template ids, media ids, pairs [P, 2] of template ids, labels [P])."""
+  meta = Path(root) / "meta"
+  files = {"faces": meta / "ijbc_face_tid_mid.txt", "pairs": meta / "ijbc_template_pair_label.txt"}
+  for f in files.values():
+    if not f.exists():
+      raise FileNotFoundError(f"{f} not found (expected the IJB-C meta layout)")
+  names, tids, mids = [], [], []
+  for n, ln in enumerate(files["faces"].read_text().split("\n"), 1):
+    if ln.strip():
+      parts = ln.split()
+      if len(parts) < 3:
+        raise ValueError(f"{files['faces']}:{n}: expected 'image template media'")
+      names.append(parts[0])
+      tids.append(int(parts[1]))
+      mids.append(int(parts[2]))
+  pairs = np.loadtxt(files["pairs"], dtype=np.int64, ndmin=2)
+  if pairs.shape[1] != 3:
+    raise ValueError(f"{files['pairs']}: expected 'template1 template2 label' lines")
+  return names, np.array(tids), np.array(mids), pairs[:, :2], pairs[:, 2].astype(bool)
+
+
+def minmax(q: np.ndarray) -> np.ndarray:
+  q = np.asarray(q, np.float64)
+  span = q.max() - q.min()
+  return np.ones_like(q) if span == 0 else (q - q.min()) / span
+
+
+def template_features(features: np.ndarray, weights: np.ndarray, template_ids: np.ndarray,
+                      media_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(template ids [T], L2-normalised template features [T, D]): weighted features averaged
+  per (template, media), summed over a template's media."""
+  feats = features * weights[:, None]
+  tpl, tpl_inv = np.unique(template_ids, return_inverse=True)
+  # Mean per (template, media): group by the pair.
+  pair_keys = tpl_inv.astype(np.int64) * (media_ids.max() + 1) + media_ids
+  groups, g_inv, g_count = np.unique(pair_keys, return_inverse=True, return_counts=True)
+  media_mean = np.zeros((len(groups), feats.shape[1]))
+  np.add.at(media_mean, g_inv, feats)
+  media_mean /= g_count[:, None]
+  out = np.zeros((len(tpl), feats.shape[1]))
+  np.add.at(out, groups // (media_ids.max() + 1), media_mean)
+  norms = np.linalg.norm(out, axis=1, keepdims=True)
+  return tpl, out / np.maximum(norms, 1e-12)
+
+
+def tar_at_far(scores: np.ndarray, genuine: np.ndarray, fars=FARS) -> dict[str, float | None]:
+  """TAR per FAR (None where there are too few impostors for that FAR)."""
+  out = {}
+  n_imp = int((~genuine).sum())
+  for far in fars:
+    if n_imp * far < 1:
+      out[f"{far:.0e}"] = None
+      continue
+    t = erc.fixed_threshold(scores, genuine, far)
+    out[f"{far:.0e}"] = float(np.mean(scores[genuine] > t))
+  return out
+
+
+def verify(features, quality, template_ids, media_ids, pairs, labels, *, weighted=True):
+  """Scores of template pairs, TAR@FAR, and per-pair quality (min over both templates)."""
+  w = minmax(quality) if weighted else np.ones(len(features))
+  tpl, tfeat = template_features(features, w, template_ids, media_ids)
+  pos = {t: i for i, t in enumerate(tpl)}
+  missing = [t for t in np.unique(pairs) if t not in pos]
+  if missing:
+    raise ValueError(f"{len(missing)} templates of the pair list have no images, e.g. {missing[:3]}")
+  ia = np.array([pos[t] for t in pairs[:, 0]])
+  ib = np.array([pos[t] for t in pairs[:, 1]])
+  scores = np.einsum("ij,ij->i", tfeat[ia], tfeat[ib])
+  tq = np.full(len(tpl), np.inf)
+  np.minimum.at(tq, np.searchsorted(tpl, template_ids), quality)
+  return scores, tar_at_far(scores, labels), np.minimum(tq[ia], tq[ib])
+
+
+def main(argv=None) -> int:
+  from crfiqa_jax import benchmarks as bm
+  p = argparse.ArgumentParser(prog="python -m crfiqa_jax.ijbc", description=__doc__.split("\n\n")[0])
+  p.add_argument("--root", required=True)
+  p.add_argument("--fr", required=True, help="checkpoint, or .npz of image-sum embeddings")
+  p.add_argument("--quality", required=True, help="checkpoint or scores CSV")
+  p.add_argument("--out", required=True)
+  p.add_argument("--arch", default=None)
+  p.add_argument("--batch-size", type=int, default=64)
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  try:
+    root = Path(args.root)
+    names, tids, mids, pairs, labels = read_meta(root)
+    images = None
+    if any(Path(s).suffix not in (".npz", ".csv", ".txt") for s in (args.fr, args.quality)):
+      images = _aligned_images(root, names)
+    from crfiqa_jax.score import Scorer
+    if Path(args.fr).suffix == ".npz":
+      emb = bm.load_embeddings(args.fr)
+      feats = np.stack([emb[bm.canonical(n)] for n in names])
+    else:
+      f2 = Scorer.from_checkpoint(args.fr, args.arch, batch_size=args.batch_size).embed(images)[0]
+      d = f2.shape[1] // 2
+      feats = f2[:, :d] + f2[:, d:]  # emb(img) + emb(flip), each L2-normalised
+    if Path(args.quality).suffix in (".csv", ".txt"):
+      qt = bm.load_quality_csv(args.quality)
+      quality = np.array([qt[bm.canonical(n)] for n in names])
+    else:
+      quality = Scorer.from_checkpoint(args.quality, args.arch, batch_size=args.batch_size)(images)
+    result = {}
+    for name, weighted in (("unweighted", False), ("quality_weighted", True)):
+      scores, tar, pair_q = verify(feats, quality, tids, mids, pairs, labels, weighted=weighted)
+      result[name] = {"tar_at_far": tar}
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  fnmr = erc.error_versus_reject(scores, labels, pair_q, fmr=[1e-3, 1e-4], threshold="fixed")
+  result["template_pair_erc_fixed"] = {"fmr": ["1e-3", "1e-4"], "fnmr": fnmr.tolist(),
+                                       "reject_ratios": erc.RELEASED_RATIOS.tolist()}
+  (out / "ijbc.json").write_text(json.dumps(result, indent=1))
+  print(json.dumps({k: v["tar_at_far"] for k, v in result.items() if "tar_at_far" in v}))
+  return 0
+
+
+def _aligned_images(root: Path, names: list[str]) -> np.ndarray:
+  from crfiqa_jax.data.records import decode_image
+  lm_file = root / "meta" / "ijbc_name_5pts_score.txt"
+  if not lm_file.exists():
+    raise FileNotFoundError(f"{lm_file} not found: landmarks are needed to align loose crops")
+  lms = {}
+  for ln in lm_file.read_text().split("\n"):
+    parts = ln.split()
+    if len(parts) >= 11:
+      lms[parts[0]] = np.array(parts[1:11], np.float64).reshape(5, 2)
+  out = []
+  for n in names:
+    if n not in lms:
+      raise ValueError(f"no landmarks for {n} in {lm_file}")
+    out.append(align(decode_image((root / "loose_crop" / n).read_bytes()), lms[n]))
+  return np.stack(out)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

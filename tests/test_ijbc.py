@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import pytest
+
+from crfiqa_jax import ijbc
+
+# Three templates; T1 has two media (media 10 with two images, media 11 with one).
+FEATS = np.array([[1.0, 0], [0, 1], [0, 1], [1, 0], [0, 1]])
+QUAL = np.array([1.0, 0.0, 0.5, 0.5, 1.0])
+TIDS = np.array([1, 1, 1, 2, 3])
+MIDS = np.array([10, 10, 11, 20, 30])
+PAIRS = np.array([[1, 2], [1, 3], [2, 3]])
+LABELS = np.array([True, False, False])
+
+
+def test_quality_weighted_templates_hand_computed():
+  # Weighted: media 10 → ([1,0]·1 + [0,1]·0)/2 = [.5, 0]; media 11 → [0, .5]; T1 = [.5, .5]
+  # normalised → (1/√2, 1/√2); T2 = [1, 0]; T3 = [0, 1].
+  scores, _, pair_q = ijbc.verify(FEATS, QUAL, TIDS, MIDS, PAIRS, LABELS)
+  np.testing.assert_allclose(scores, [2 ** -0.5, 2 ** -0.5, 0.0], atol=1e-12)
+  np.testing.assert_allclose(pair_q, [0.0, 0.0, 0.5])  # min over both templates' images
+  # Unweighted: media 10 → [.5, .5], media 11 → [0, 1]; T1 ∝ [.5, 1.5].
+  scores_u, _, _ = ijbc.verify(FEATS, QUAL, TIDS, MIDS, PAIRS, LABELS, weighted=False)
+  t1 = np.array([0.5, 1.5]) / np.linalg.norm([0.5, 1.5])
+  np.testing.assert_allclose(scores_u, [t1[0], t1[1], 0.0], atol=1e-12)
+
+
+def test_minmax_weights():
+  np.testing.assert_allclose(ijbc.minmax([2.0, 4.0, 3.0]), [0, 1, 0.5])
+  np.testing.assert_allclose(ijbc.minmax([3.0, 3.0]), [1, 1])
+
+
+def test_tar_at_far():
+  scores = np.r_[[0.9, 0.5, 0.3], np.arange(10) / 10]
+  gen = np.r_[[True] * 3, [False] * 10]
+  tar = ijbc.tar_at_far(scores, gen, fars=(1e-1, 1e-2))
+  # FAR 0.1: k = 1 → threshold = 2nd highest impostor (0.8) → only 0.9 accepted.
+  assert tar == {"1e-01": pytest.approx(1 / 3), "1e-02": None}
+
+
+def test_similarity_transform_and_alignment():
+  angle, scale, shift = 0.3, 1.7, np.array([20.0, -5.0])
+  rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  src = (ijbc.ARCFACE_TEMPLATE - shift) @ np.linalg.inv(scale * rot).T  # dst = sR·src + t
+  m = ijbc.similarity_transform(src, ijbc.ARCFACE_TEMPLATE)
+  np.testing.assert_allclose(m[:, :2], scale * rot, atol=1e-9)
+  np.testing.assert_allclose(m[:, 2], shift, atol=1e-9)
+  # A bright dot at the source's left-eye position lands on the template's left eye.
+  img = np.zeros((250, 250, 3), np.uint8)
+  lm = ijbc.ARCFACE_TEMPLATE * 2 + 10  # a face twice as large, shifted
+  x, y = np.round(lm[0]).astype(int)
+  img[y - 3:y + 4, x - 3:x + 4] = 255
+  out = ijbc.align(img, lm)
+  w = out[..., 0].astype(np.float64)
+  ys, xs = np.mgrid[:112, :112]
+  cx, cy = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()  # centroid of the dot
+  assert abs(cx - 38.29) <= 1.0 and abs(cy - 51.70) <= 1.0, (cx, cy)
+
+
+def test_cli_in_the_ijbc_layout(tmp_path):
+  meta = tmp_path / "meta"
+  meta.mkdir()
+  names = [f"img{i}.jpg" for i in range(5)]
+  (meta / "ijbc_face_tid_mid.txt").write_text(
+      "".join(f"{n} {t} {m}\n" for n, t, m in zip(names, TIDS, MIDS)))
+  (meta / "ijbc_template_pair_label.txt").write_text(
+      "".join(f"{a} {b} {int(l)}\n" for (a, b), l in zip(PAIRS, LABELS)))
+  np.savez(tmp_path / "fr.npz", **{n: f for n, f in zip(names, FEATS)})
+  (tmp_path / "q.csv").write_text("path,quality\n" + "".join(
+      f"{n},{q}\n" for n, q in zip(names, QUAL)))
+  rc = ijbc.main([f"--root={tmp_path}", f"--fr={tmp_path / 'fr.npz'}",
+                  f"--quality={tmp_path / 'q.csv'}", f"--out={tmp_path / 'out'}"])
+  assert rc == 0
+  res = json.loads((tmp_path / "out" / "ijbc.json").read_text())
+  assert set(res) == {"unweighted", "quality_weighted", "template_pair_erc_fixed"}
+  (meta / "ijbc_template_pair_label.txt").write_text("1 9 1\n")
+  assert ijbc.main([f"--root={tmp_path}", f"--fr={tmp_path / 'fr.npz'}",
+                    f"--quality={tmp_path / 'q.csv'}", f"--out={tmp_path / 'out'}"]) == 2
