@@ -1,8 +1,8 @@
 """grain training pipeline over FaceRecords ArrayRecord files.
 
-source → seeded global shuffle, reshuffled every epoch → this process's slice
-(process_index::process_count) → decode (simplejpeg) → random horizontal flip p=0.5 →
-batch(per-process batch, drop_remainder) → worker processes.
+source → seeded global shuffle, reshuffled every epoch → flip decision (p=0.5) drawn per
+element → blocks of the per-process batch → this process's blocks
+(process_index::process_count) → decode (simplejpeg) and flip → worker processes.
 
 Images leave the pipeline as uint8 [B, H, W, 3]; the (x - 127.5)/127.5 normalisation runs
 inside the jitted step (`normalize`), where XLA fuses it into the first convolution and the
@@ -32,30 +32,35 @@ def normalize(images: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Decode(grain.transforms.Map):
-  """Raw record → {"image": uint8 [H,W,3], "label": int32}; checks the image size."""
-
-  image_size: int
-
-  def map(self, rec):
-    img = decode_image(rec["image"])
-    if img.shape != (self.image_size, self.image_size, 3):
-      raise ValueError(f"record image has shape {img.shape}, expected "
-                       f"({self.image_size}, {self.image_size}, 3); re-run prepare with "
-                       "aligned faces of that size")
-    return {"image": img, "label": np.int32(rec["label"])}
-
-
-@dataclasses.dataclass(frozen=True)
-class RandomFlip(grain.transforms.RandomMap):
-  """Horizontal flip with probability p (the paper's only augmentation)."""
+class DrawFlip(grain.transforms.RandomMap):
+  """Draws the horizontal-flip decision (probability p) on the global stream, so it does
+  not depend on how many processes read the data."""
 
   p: float = 0.5
 
-  def random_map(self, ex, rng: np.random.Generator):
-    if rng.random() < self.p:
-      ex = dict(ex, image=np.ascontiguousarray(ex["image"][:, ::-1]))
-    return ex
+  def random_map(self, rec, rng: np.random.Generator):
+    return dict(rec, flip=bool(rng.random() < self.p))
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeBatch(grain.transforms.Map):
+  """A list of raw records → {"image": uint8 [B,H,W,3], "label": int32 [B]}, flipped where
+  drawn; checks the image size."""
+
+  image_size: int
+
+  def map(self, recs):
+    images = np.empty((len(recs), self.image_size, self.image_size, 3), np.uint8)
+    labels = np.empty(len(recs), np.int32)
+    for i, rec in enumerate(recs):
+      img = decode_image(rec["image"])
+      if img.shape != (self.image_size, self.image_size, 3):
+        raise ValueError(f"record image has shape {img.shape}, expected "
+                         f"({self.image_size}, {self.image_size}, 3); re-run prepare with "
+                         "aligned faces of that size")
+      images[i] = img[:, ::-1] if rec.get("flip") else img
+      labels[i] = rec["label"]
+    return {"image": images, "label": labels}
 
 
 def train_dataset(data_dir: str, *, local_batch: int, seed: int, image_size: int = 112,
@@ -64,9 +69,11 @@ def train_dataset(data_dir: str, *, local_batch: int, seed: int, image_size: int
                   split: str = "train") -> grain.IterDataset:
   """The training IterDataset for this process (batches of uint8 images and int32 labels).
 
-  Every process shuffles the whole split with the same seed and keeps every
-  process_count-th element, so each example is seen exactly once per epoch across
-  processes. `num_epochs=None` repeats forever.
+  All processes see the same seeded global stream (shuffled anew each epoch, flips drawn
+  per element), cut into blocks of `local_batch` raw records; process p takes blocks
+  p, p+P, p+2P, ... and decodes only those. Global batch t is therefore the same P·B
+  records in the same order whatever the number of processes, and every example is seen
+  exactly once per epoch across processes. `num_epochs=None` repeats forever.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -76,11 +83,11 @@ def train_dataset(data_dir: str, *, local_batch: int, seed: int, image_size: int
                      f"global batch ({local_batch * process_count})")
   ds = grain.MapDataset.source(source).seed(seed).shuffle()
   ds = ds.repeat(num_epochs)
-  ds = ds[process_index::process_count]
-  ds = ds.map(Decode(image_size))
   if flip:
-    ds = ds.random_map(RandomFlip(flip))
-  ds = ds.batch(local_batch, drop_remainder=True)
+    ds = ds.random_map(DrawFlip(flip))
+  ds = ds.batch(local_batch, drop_remainder=True, batch_fn=list)
+  ds = ds[process_index::process_count]
+  ds = ds.map(DecodeBatch(image_size))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if worker_count > 0:
     _absl_flags_parsed()

@@ -31,6 +31,14 @@ def test_each_example_once_per_epoch_across_processes(unique_labels):
   per_proc = [_labels(input_pipeline.train_dataset(
       unique_labels, local_batch=B, seed=3, image_size=8, worker_count=0,
       process_index=p, process_count=P), steps=4) for p in range(P)]
+  # The global batch is the same whatever the process count: one process with batch 20
+  # reads the concatenation of the four processes' blocks, in process order.
+  single = _labels(input_pipeline.train_dataset(
+      unique_labels, local_batch=P * B, seed=3, image_size=8, worker_count=0,
+      process_index=0, process_count=1), steps=2)
+  for t in range(2):
+    np.testing.assert_array_equal(np.concatenate([per_proc[p][t] for p in range(P)]),
+                                  single[t])
   for epoch in range(2):
     seen = np.concatenate([np.concatenate(per_proc[p][2 * epoch: 2 * epoch + 2])
                            for p in range(P)])
