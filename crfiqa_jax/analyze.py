@@ -1,0 +1,171 @@
+"""Training-set analysis (paper Fig. 1 right and Fig. 2): CCS, NNCCS and CR of every
+training sample against the learned class centres, their distributions, and the ERC when
+each of them is used as the quality of pairs drawn from that set.
+
+    python -m crfiqa_jax.analyze --checkpoint=WORKDIR --data=DATASET [--out=DIR] [--pairs=N]
+
+WORKDIR is a training workdir (the class centres live only there). Writes DIR/samples.csv
+(index,label,ccs,nnccs,cr), DIR/distributions.png, DIR/erc.png and DIR/analysis.json.
+Pairs: up to N genuine and N impostor pairs drawn uniformly (seeded) from the set; the
+counts are reported. Quality per pair = min of the two images; for NNCCS, where a higher
+value means a closer negative class, −NNCCS is used so that higher = better for all three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def load_workdir(path: str | Path):
+  """(model, inference variables, centres [D, C_padded], config dict) of a training workdir."""
+  import orbax.checkpoint as ocp
+
+  from crfiqa_jax import models
+  path = Path(path).absolute()
+  if not (path / "config.json").exists():
+    raise FileNotFoundError(f"{path} is not a training workdir (no config.json): the class "
+                            "centres needed here exist only in training checkpoints")
+  cfg = json.loads((path / "config.json").read_text())
+  mgr = ocp.CheckpointManager(path / "checkpoints", item_names=("state", "data"))
+  if mgr.latest_step() is None:
+    raise FileNotFoundError(f"{path}/checkpoints holds no checkpoint")
+  state = mgr.restore(mgr.latest_step(),
+                      args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  model = models.create_model(cfg["model"], embedding_dim=cfg["embedding_dim"])
+  variables = {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
+  return model, variables, np.asarray(state["params"]["centres"]), cfg
+
+
+def sample_stats(embeddings: np.ndarray, labels: np.ndarray, centres: np.ndarray,
+                 num_classes: int, cr_form: str = "paper", chunk: int = 4096):
+  """(ccs, nnccs, cr) per sample against the first `num_classes` centres."""
+  from crfiqa_jax import losses
+  w = centres[:, :num_classes]
+  w = w / np.linalg.norm(w, axis=0, keepdims=True)
+  x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+  out = []
+  for s in range(0, len(x), chunk):
+    cos = np.clip(x[s:s + chunk] @ w, -1, 1)
+    out.append([np.asarray(v) for v in losses.certainty_ratio(cos, labels[s:s + chunk],
+                                                               form=cr_form)])
+  cr, ccs, nnccs = (np.concatenate([o[i] for o in out]) for i in range(3))
+  return ccs, nnccs, cr
+
+
+def sample_pairs(labels: np.ndarray, n: int, seed: int = 0):
+  """Up to n genuine and n impostor pairs (a, b, genuine), drawn uniformly without repeats."""
+  rng = np.random.default_rng(seed)
+  order = np.argsort(labels, kind="stable")
+  _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+  gen: set = set()
+  multi = np.flatnonzero(counts > 1)
+  attempts = 0
+  while len(gen) < n and attempts < 20 * n and len(multi):
+    attempts += 1
+    c = rng.choice(multi)
+    i, j = rng.choice(counts[c], 2, replace=False)
+    gen.add(tuple(sorted((int(order[starts[c] + i]), int(order[starts[c] + j])))))
+  gen = sorted(gen)
+  a = rng.integers(0, len(labels), 3 * n)
+  b = rng.integers(0, len(labels), 3 * n)
+  keep = labels[a] != labels[b]
+  imp = sorted(set(zip(np.minimum(a, b)[keep], np.maximum(a, b)[keep])))[:n]
+  pairs = np.array(gen + imp, np.int64).reshape(-1, 2)
+  genuine = np.r_[np.ones(len(gen), bool), np.zeros(len(imp), bool)]
+  return pairs[:, 0], pairs[:, 1], genuine
+
+
+def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 256,
+            split: str = "train") -> dict:
+  from crfiqa_jax import evaluate, train
+  from crfiqa_jax.data.records import open_dataset
+  model, variables, centres, cfg = load_workdir(workdir)
+  ds = open_dataset(data, split)
+  images = np.stack([ds[i]["image"] for i in range(len(ds))])
+  labels = np.array([ds.source[i]["label"] for i in range(len(ds))])
+  if labels.max() >= ds.num_classes or ds.num_classes > centres.shape[1]:
+    raise ValueError(f"{data} has {ds.num_classes} classes; the checkpoint has "
+                     f"{centres.shape[1]} centres: not the training set of this model")
+  feats, _ = evaluate.extract(train.predict_fn(model), variables, images,
+                              batch_size=batch_size, flip=False)
+  ccs, nnccs, cr = sample_stats(feats, labels, centres, ds.num_classes,
+                                cfg.get("cr_form", "paper"))
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  with open(out / "samples.csv", "w") as f:
+    f.write("index,label,ccs,nnccs,cr\n")
+    for i in range(len(labels)):
+      f.write(f"{i},{labels[i]},{ccs[i]:.6f},{nnccs[i]:.6f},{cr[i]:.6f}\n")
+  _plot_distributions(ccs, nnccs, cr, out / "distributions.png")
+  a, b, gen = sample_pairs(labels, pairs)
+  sim = evaluate.cosine(feats, a, b)
+  methods = {"CR": np.minimum(cr[a], cr[b]), "CCS": np.minimum(ccs[a], ccs[b]),
+             "-NNCCS": np.minimum(-nnccs[a], -nnccs[b])}
+  fmrs = [f for f in ("1e-2", "1e-3", "1e-4") if (~gen).sum() * evaluate.FMRS[f] >= 1]
+  if not fmrs or not gen.any():
+    raise ValueError(f"{len(gen)} pairs ({int(gen.sum())} genuine) are too few for an ERC; "
+                     "raise --pairs or use a larger dataset")
+  table = evaluate.erc_table(sim, gen, methods, fmrs=fmrs)
+  evaluate.plot_erc(table, out / "erc.png",
+                    title=f"Training set: {int(gen.sum()):,} genuine / {int((~gen).sum()):,} "
+                          "impostor pairs")
+  result = {"num_samples": int(len(labels)), "genuine_pairs": int(gen.sum()),
+            "impostor_pairs": int((~gen).sum()),
+            "mean": {"ccs": float(ccs.mean()), "nnccs": float(nnccs.mean()),
+                     "cr": float(cr.mean())},
+            "erc_auc": {m: {f: {k: v["auc"] for k, v in t.items()} for f, t in by.items()}
+                        for m, by in table.items()}}
+  (out / "analysis.json").write_text(json.dumps(result, indent=1))
+  return result
+
+
+def _plot_distributions(ccs, nnccs, cr, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+  bins = np.linspace(-1, 1, 81)
+  axes[0].hist(ccs, bins, alpha=0.6, label="CCS")
+  axes[0].hist(nnccs, bins, alpha=0.6, label="NNCCS")
+  axes[0].set_xlabel("cosine similarity")
+  axes[0].legend()
+  axes[1].hist(cr, 80, color="tab:purple")
+  axes[1].set_xlabel("CR")
+  for ax in axes:
+    ax.set_ylabel("samples")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m crfiqa_jax.analyze",
+                              description=__doc__.split("\n\n")[0])
+  p.add_argument("--checkpoint", required=True, help="training workdir")
+  p.add_argument("--data", required=True, help="the training dataset (prepare output)")
+  p.add_argument("--out", default=None, help="default: CHECKPOINT/analysis")
+  p.add_argument("--pairs", type=int, default=50_000)
+  p.add_argument("--batch-size", type=int, default=256)
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  try:
+    r = analyze(args.checkpoint, args.data, args.out or Path(args.checkpoint) / "analysis",
+                pairs=args.pairs, batch_size=args.batch_size)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(r, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
