@@ -4,8 +4,8 @@ tuples, np.unique, the ROC, and a Python loop over genuine distances).
 
     python benchmarks/erc.py [--pairs 10000000] [--baseline-ratios 20]
 
-Both get the same synthetic pairs (30% genuine, similarities rounded to 1e-4 so ties
-occur, qualities with ties) and FMRs 1e-2, 1e-3, 1e-4 over the 20 released reject ratios.
+Both get the same synthetic pairs (30% genuine, float similarities as real embeddings give
+— or rounded to 1e-4 with --round, so scores tie — and qualities with ties) and FMRs 1e-2, 1e-3, 1e-4 over the 20 released reject ratios.
 The FNMRs must be identical; the script asserts it. The baseline is slow: with
 --baseline-ratios K < 20 it runs the first K ratios and its time is scaled by 20/K
 (printed as an extrapolation).
@@ -29,12 +29,14 @@ def main():
   p.add_argument("--pairs", type=int, default=10_000_000)
   p.add_argument("--baseline-ratios", type=int, default=20)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--round", action="store_true", help="round similarities to 1e-4 (ties)")
   args = p.parse_args()
   rng = np.random.default_rng(args.seed)
   n = args.pairs
   gen = rng.random(n) < 0.3
-  sim = np.round(np.clip(np.where(gen, rng.normal(0.55, 0.2, n), rng.normal(0.0, 0.12, n)),
-                         -1, 1), 4)
+  sim = np.clip(np.where(gen, rng.normal(0.55, 0.2, n), rng.normal(0.0, 0.12, n)), -1, 1)
+  if args.round:
+    sim = np.round(sim, 4)
   qual = np.round(rng.normal(size=n) + 0.8 * gen, 3)
   fmrs = (1e-2, 1e-3, 1e-4)
 

@@ -25,6 +25,7 @@ Both run in O(N log N) for the sort plus O(N) per ratio, vectorised.
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Sequence
 
 import numpy as np
@@ -87,36 +88,81 @@ def error_versus_reject(similarity, genuine, quality, *, fmr: float | Sequence[f
 
 def _recomputed(similarity, genuine, quality, fmrs, ratios):
   n = len(similarity)
-  # Ascending order of the negated distance (the released ROC's score), equal values grouped.
+  # Score = negated distance, as the released ROC; pairs with equal scores form one group
+  # (one candidate threshold). The two sorts run in parallel (numpy releases the GIL).
   score = -(np.arccos(np.clip(similarity, -1.0, 1.0)) / np.pi)
-  order = np.argsort(score, kind="stable")
-  s_sorted, g_sorted = score[order], genuine[order]
-  starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-  ends = np.r_[starts[1:], n]
-  # Rank of every pair in the released quality ordering; kept = rank >= int(r·n).
-  q_rank = np.empty(n, np.int64)
-  q_rank[np.argsort(quality)] = np.arange(n)
-  rank_sorted = q_rank[order]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    by_quality = pool.submit(np.argsort, quality)  # numpy's default sort, as released
+    by_score = pool.submit(np.argsort, score)      # any order within ties is fine
+    q_order, s_order = by_quality.result(), by_score.result()
+  s_sorted = score[s_order]
+  new_group = np.empty(n, bool)
+  new_group[0] = True
+  np.not_equal(s_sorted[1:], s_sorted[:-1], out=new_group[1:])
+  group = np.empty(n, np.int64)
+  group[s_order] = np.cumsum(new_group) - 1        # ascending score ⇒ ascending group id
+  n_groups = int(group[s_order[-1]]) + 1
+  # Kept-pair counts per group, updated incrementally as the ratio grows.
+  imp_cnt = np.bincount(group[~genuine], minlength=n_groups)
+  gen_cnt = np.bincount(group[genuine], minlength=n_groups)
   out = np.full((len(fmrs), len(ratios)), np.nan)
-  for j, r in enumerate(ratios):
-    kept = rank_sorted >= int(r * n)
-    imp = kept & ~g_sorted
-    gen = kept & g_sorted
-    n_imp, n_gen = int(imp.sum()), int(gen.sum())
+  done = 0
+  window = [1024]
+  for j in np.argsort(ratios, kind="stable"):
+    cut = int(ratios[j] * n)
+    if cut > done:
+      gone = q_order[done:cut]
+      g_gone = genuine[gone]
+      np.subtract.at(imp_cnt, group[gone[~g_gone]], 1)
+      np.subtract.at(gen_cnt, group[gone[g_gone]], 1)
+      done = cut
+    n_imp, n_gen = int(imp_cnt.sum()), int(gen_cnt.sum())
     if n_imp == 0 or n_gen == 0:
       continue
-    cum_imp = np.r_[0, np.cumsum(imp)]
-    cum_gen = np.r_[0, np.cumsum(gen)]
-    has_kept = (np.r_[0, np.cumsum(kept)][ends] - np.r_[0, np.cumsum(kept)][starts]) > 0
-    cand = np.flatnonzero(has_kept)
-    # False matches at candidate t: kept impostors with score >= t.
-    fm_rate = (n_imp - cum_imp[starts[cand]]) / n_imp
-    for i, f in enumerate(fmrs):
-      g = cand[np.argmin(np.abs(fm_rate - f))]
-      # Genuine accepted iff distance < threshold, i.e. score > t: those after the group.
-      # 1 - accepted/n (not rejected/n) keeps the released script's rounding exactly.
-      out[i, j] = 1 - (n_gen - cum_gen[ends[g]]) / n_gen
+    picks = _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window)
+    for i, k in enumerate(picks):
+      out[i, j] = 1 - gen_cnt[len(gen_cnt) - k:].sum() / n_gen  # as the released script
   return out
+
+
+def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False):
+  """For each FMR, the number k of top groups strictly above the released operating point
+  (so kept genuine accepted = genuine in the top k groups).
+
+  Groups are scanned from the highest score down (the released scan from the largest
+  distance, reversed) over a top window holding enough kept impostors for the largest
+  target; where a candidate outside the window could tie with the best inside, the whole
+  range is used, so the result is always exact. `window` carries the size between calls.
+  """
+  n_groups = len(imp_cnt)
+  needs = [int(f * n_imp) + 2 for f in fmrs]
+  w = n_groups if full else min(n_groups, max(window[0], 1024))
+  while True:
+    imp_top = imp_cnt[n_groups - w:][::-1]          # descending score
+    fm = np.cumsum(imp_top)                          # kept impostors with score >= value
+    if fm[-1] >= max(needs) or w == n_groups:
+      break
+    w = min(n_groups, 4 * w)
+  if not full:
+    window[0] = w
+  gen_top = gen_cnt[n_groups - w:][::-1]
+  picks = []
+  for f, need in zip(fmrs, needs):
+    # Positions that can matter for f: up to the first reaching `need` impostors (beyond
+    # it the FMR only grows away from f) and the run of groups sharing its FMR (equal
+    # distance to f; the released argmin prefers the lowest of them).
+    first = min(int(np.searchsorted(fm, need)), w - 1)
+    p = int(np.searchsorted(fm, fm[first], side="right"))
+    if p == w and w < n_groups:  # the run may continue below the window
+      return _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=True)
+    # Above the last FMR plateau at or below f the FMR is smaller still: farther from f.
+    below = int(np.searchsorted(fm, f * n_imp, side="right")) - 1
+    start = int(np.searchsorted(fm, fm[below], side="left")) if below >= 0 else 0
+    cand = start + np.flatnonzero(imp_top[start:p] + gen_top[start:p])  # present values
+    diff = np.abs(fm[cand] / n_imp - f)
+    # The released argmin takes the first minimum in ascending score: here the last one.
+    picks.append(int(cand[len(diff) - 1 - np.argmin(diff[::-1])]))
+  return picks
 
 
 def fixed_threshold(similarity, genuine, fmr: float) -> float:

@@ -84,3 +84,28 @@ def test_bad_input():
     erc.error_versus_reject(SIM, GEN, QUAL, threshold="median")
   with pytest.raises(ValueError, match="both genuine and impostor"):
     erc.error_versus_reject(SIM, np.ones(9, bool), QUAL)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_recomputed_matches_released_algorithm_unique_scores(seed):
+  # Unique scores and heavy quality ties, many pairs: exercises the windowed search.
+  rng = np.random.default_rng(seed)
+  n = 40000
+  gen = rng.random(n) < 0.2
+  sim = np.clip(np.where(gen, rng.normal(0.4, 0.25, n), rng.normal(0.0, 0.2, n)), -1, 1)
+  qual = np.round(rng.normal(size=n) - 0.5 * gen, 1)
+  fmrs = (1e-2, 1e-3, 1e-4)
+  np.testing.assert_array_equal(erc.error_versus_reject(sim, gen, qual, fmr=fmrs),
+                                released_erc(sim, gen, qual, fmrs))
+
+
+def test_recomputed_window_fallback_on_plateaus():
+  # All impostors tie: the operating point lies outside any small window.
+  rng = np.random.default_rng(5)
+  n = 6000
+  gen = rng.random(n) < 0.5
+  sim = np.where(gen, rng.uniform(0.3, 1.0, n), 0.2)
+  qual = rng.normal(size=n)
+  fmrs = (1e-2, 1e-3)
+  np.testing.assert_array_equal(erc.error_versus_reject(sim, gen, qual, fmr=fmrs),
+                                released_erc(sim, gen, qual, fmrs))
