@@ -75,7 +75,7 @@ def init_state(rng, *, model, tx, image_size: int, num_classes: int,
 # ---------------------------------------------------------------------------------------
 
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwargs: dict,
-               num_classes: int, centres_sharding=None):
+               num_classes: int, embedding_sharding=None):
   """One SGD step on a global batch {"image": uint8 [B,H,W,3], "label": int32 [B]}.
 
   Returns (new_state, metrics) with scalar metrics: loss, loss_arc, loss_cr, cr, ccs, nnccs
@@ -89,9 +89,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
     (emb, quality), new_vars = model.apply(
         {"params": params["backbone"], "batch_stats": state.batch_stats}, images, train=True,
         rngs={"dropout": rng}, mutable=["batch_stats"])
-    if centres_sharding is not None:
+    if embedding_sharding is not None:
       # Partial-FC layout: gather the (small) embeddings, keep centres split by class.
-      emb = jax.lax.with_sharding_constraint(emb, centres_sharding.replicated)
+      emb = jax.lax.with_sharding_constraint(emb, embedding_sharding)
     out = losses.crfiqa_loss(emb, quality, params["centres"], batch["label"],
                              num_classes=num_classes, **loss_kwargs)
     return out.loss, (out, new_vars["batch_stats"])
@@ -105,11 +105,6 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
   return new_state, metrics
-
-
-@flax.struct.dataclass
-class _CentreShardings:
-  replicated: Any
 
 
 def loss_kwargs_from_config(config) -> dict:
@@ -151,7 +146,7 @@ class Trainer:
     step = functools.partial(
         train_step, model=self.model, tx=self.tx, schedule=self.schedule,
         loss_kwargs=loss_kwargs_from_config(config), num_classes=num_classes,
-        centres_sharding=_CentreShardings(repl) if config.shard_centres else None)
+        embedding_sharding=repl if config.shard_centres else None)
     batch_sh = sharding.batch_sharding(self.mesh)
     self.step_fn = jax.jit(step, in_shardings=(self.state_shardings, batch_sh),
                            out_shardings=(self.state_shardings, repl), donate_argnums=0)
