@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.lr_decay_epochs = (20, 28, 32)  # ×0.1 at each
   c.total_steps = 0          # 0 = num_epochs × steps per epoch
   c.trainable = "all"        # "all", or "qs": only the quality head ("on top" ablation)
+  c.init_checkpoint = ""     # backbone to start from: .pth, exported dir or workdir
 
   # --- Sharding. ---
   c.shard_centres = False    # split the class-centre matrix along classes over devices

@@ -70,6 +70,29 @@ def init_state(rng, *, model, tx, image_size: int, num_classes: int,
                     rng=k_state)
 
 
+def load_init(state: TrainState, config, shardings) -> TrainState:
+  """Replaces the backbone (and BN statistics) of a fresh state by those of
+  `config.init_checkpoint` (.pth, exported model or training workdir); the class centres
+  and optimiser state stay fresh. For fine-tuning and the paper's "on top" ablation."""
+  from crfiqa_jax import convert
+  _, variables, info = convert.load_model(config.init_checkpoint, config.model)
+  if info["arch"] != config.model or info["embedding_dim"] != config.embedding_dim:
+    raise ValueError(f"init_checkpoint {config.init_checkpoint} is {info['arch']} "
+                     f"(embedding {info['embedding_dim']}), the config wants {config.model} "
+                     f"(embedding {config.embedding_dim})")
+  want = jax.tree.map(lambda x: (x.shape, x.dtype), (state.params["backbone"],
+                                                     state.batch_stats))
+  got = jax.tree.map(lambda x: (tuple(np.shape(x)), jnp.asarray(x).dtype),
+                     (variables["params"], variables["batch_stats"]))
+  if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+    raise ValueError(f"init_checkpoint {config.init_checkpoint} does not fit the model of this "
+                     "config (parameter shapes differ; check image_size and embedding_dim)")
+  new = state.replace(params={**state.params, "backbone": variables["params"]},
+                      batch_stats=variables["batch_stats"])
+  log.info("Initialised the backbone from %s", info.get("source", config.init_checkpoint))
+  return jax.device_put(new, shardings)
+
+
 # ---------------------------------------------------------------------------------------
 # The train step (module level, pure).
 # ---------------------------------------------------------------------------------------
@@ -265,6 +288,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       log.info("Resumed from %s at step %d", mgr.directory, int(state.step))
   else:
     state = trainer.init()
+    if config.init_checkpoint:
+      state = load_init(state, config, trainer.state_shardings)
 
   # --- Loop. ---
   writer = open(workdir / "metrics.jsonl", "a") if is_main else None

@@ -87,3 +87,24 @@ def test_clear_errors(tiny_records, tmp_path):
     train.train(_config(data_dir=tiny_records, batch_size=12), tmp_path)
   with pytest.raises(main.ConfigError, match="No config 'nope'"):
     main.load_config("nope")
+
+
+def test_init_checkpoint_loads_backbone_and_on_top_trains_only_qs(tiny_records, tmp_path):
+  import jax.numpy as jnp
+
+  from crfiqa_jax import convert, models
+  model = models.create_model("iresnet_tiny", embedding_dim=32)
+  variables = model.init(jax.random.key(7), jnp.zeros((1, 32, 32, 3)))
+  convert.save_inference(tmp_path / "init", variables, arch="iresnet_tiny", embedding_dim=32,
+                         image_size=32)
+  cfg = _config(data_dir=tiny_records, total_steps=2, init_checkpoint=tmp_path / "init",
+                trainable="qs")
+  state = train.as_numpy(train.train(cfg, tmp_path / "wd"))
+  before = train.as_numpy(variables["params"])
+  # "On top": every backbone weight is exactly the loaded one, only the head moved.
+  for name in ("conv1", "fc", "layer2_0"):
+    jax.tree.map(np.testing.assert_array_equal, state.params["backbone"][name], before[name])
+  assert not np.allclose(state.params["backbone"]["qs"]["kernel"], before["qs"]["kernel"])
+  with pytest.raises(ValueError, match="does not fit|wants"):
+    train.train(_config(data_dir=tiny_records, total_steps=1, embedding_dim=16,
+                        init_checkpoint=tmp_path / "init"), tmp_path / "wd2")
