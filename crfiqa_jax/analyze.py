@@ -26,19 +26,12 @@ log = logging.getLogger(__name__)
 
 def load_workdir(path: str | Path):
   """(model, inference variables, centres [D, C_padded], config dict) of a training workdir."""
-  import orbax.checkpoint as ocp
-
-  from crfiqa_jax import models
+  from crfiqa_jax import checkpointing, models
   path = Path(path).absolute()
   if not (path / "config.json").exists():
     raise FileNotFoundError(f"{path} is not a training workdir (no config.json): the class "
                             "centres needed here exist only in training checkpoints")
-  cfg = json.loads((path / "config.json").read_text())
-  mgr = ocp.CheckpointManager(path / "checkpoints", item_names=("state", "data"))
-  if mgr.latest_step() is None:
-    raise FileNotFoundError(f"{path}/checkpoints holds no checkpoint")
-  state = mgr.restore(mgr.latest_step(),
-                      args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  cfg, state, _ = checkpointing.restore_raw(path)
   model = models.create_model(cfg["model"], embedding_dim=cfg["embedding_dim"])
   variables = {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
   return model, variables, np.asarray(state["params"]["centres"]), cfg

@@ -54,3 +54,18 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, data_iter=None, step: in
 def abstract_with_shardings(abstract_state, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract_state, shardings)
+
+
+def restore_raw(workdir: str | Path) -> tuple[dict, dict, int]:
+  """(config dict, train-state tree of numpy arrays, step) of a training workdir's latest
+  checkpoint, without building the optimiser: for inference and analysis."""
+  import json
+  workdir = Path(workdir).absolute()
+  if not (workdir / "config.json").exists():
+    raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json)")
+  mgr = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"))
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet")
+  state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  return json.loads((workdir / "config.json").read_text()), state, step

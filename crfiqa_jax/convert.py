@@ -279,12 +279,8 @@ def load_model(path: str | Path, arch: str | None = None):
     return (models.create_model(info["arch"], embedding_dim=info["embedding_dim"]),
             variables, info)
   if (path / "config.json").exists() and (path / "checkpoints").exists():
-    cfg = json.loads((path / "config.json").read_text())
-    mgr = ocp.CheckpointManager(path / "checkpoints", item_names=("state", "data"))
-    step = mgr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"{path}/checkpoints holds no checkpoint yet")
-    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    from crfiqa_jax import checkpointing
+    cfg, state, step = checkpointing.restore_raw(path)
     variables = {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
     info = {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
             "image_size": cfg["image_size"], "source": f"{path} step {step}"}

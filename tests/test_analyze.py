@@ -39,3 +39,9 @@ def test_cli_on_a_trained_workdir(tiny_records, tmp_path):
   assert len((out / "samples.csv").read_text().splitlines()) == 161
   assert (out / "distributions.png").stat().st_size > 5000
   assert analyze.main([f"--checkpoint={tmp_path}", f"--data={tiny_records}"]) == 2
+  # The same workdir serves scoring: the backbone of its latest checkpoint.
+  from crfiqa_jax import score
+  s = score.Scorer.from_checkpoint(tmp_path / "wd", batch_size=4)
+  assert s.image_size == 32
+  q = s(np.zeros((3, 32, 32, 3), np.uint8))
+  assert q.shape == (3,) and np.isfinite(q).all()
