@@ -54,7 +54,7 @@ def canonical(key: str, root: Path | None = None) -> str:
       except ValueError:
         continue
   s = p.as_posix()
-  stem, ext = Path(s).stem, Path(s).suffix
+  ext = Path(s).suffix
   return s[: -len(ext)] if ext.lower() in IMAGE_EXTENSIONS else s
 
 

@@ -1,7 +1,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from crfiqa_jax import analyze, main, train
 from test_train import TINY

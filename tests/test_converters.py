@@ -1,6 +1,5 @@
 import argparse
 import io
-import json
 import pickle
 from pathlib import Path
 

@@ -117,7 +117,7 @@ def _resolve(path: str | Path) -> Path:
   for cand in (path, dataset_dir(path)):
     if (cand / "dataset_info.json").exists():
       return cand
-  found = sorted(path.glob(f"*/*/dataset_info.json")) if path.is_dir() else []
+  found = sorted(path.glob("*/*/dataset_info.json")) if path.is_dir() else []
   if len(found) == 1:
     return found[0].parent
   raise FileNotFoundError(
