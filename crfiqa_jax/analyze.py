@@ -81,15 +81,14 @@ def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 25
   from crfiqa_jax import evaluate, train
   from crfiqa_jax.data.records import open_dataset
   model, variables, centres, cfg = load_workdir(workdir)
-  ds = open_dataset(data, split)
-  images = np.stack([ds[i]["image"] for i in range(len(ds))])
-  labels = np.array([ds.source[i]["label"] for i in range(len(ds))])
-  if labels.max() >= ds.num_classes or ds.num_classes > centres.shape[1]:
-    raise ValueError(f"{data} has {ds.num_classes} classes; the checkpoint has "
+  num_classes = open_dataset(data, split).num_classes
+  images, labels, _ = evaluate.load_split(data, split)
+  if labels.max() >= num_classes or num_classes > centres.shape[1]:
+    raise ValueError(f"{data} has {num_classes} classes; the checkpoint has "
                      f"{centres.shape[1]} centres: not the training set of this model")
   feats, _ = evaluate.extract(train.predict_fn(model), variables, images,
                               batch_size=batch_size, flip=False)
-  ccs, nnccs, cr = sample_stats(feats, labels, centres, ds.num_classes,
+  ccs, nnccs, cr = sample_stats(feats, labels, centres, num_classes,
                                 cfg.get("cr_form", "paper"))
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)

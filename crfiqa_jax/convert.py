@@ -303,7 +303,8 @@ def main(argv=None):
                          embedding_dim=info["embedding_dim"], source=str(args.torch))
   except (ValueError, FileNotFoundError, FileExistsError, pickle.UnpicklingError) as e:
     sys.exit(f"error: {e}")
-  n = sum(np.size(x) for x in __import__("jax").tree.leaves(variables["params"]))
+  import jax
+  n = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
   print(f"Converted {args.torch} ({info['arch']}, {n:,} parameters) → {out}")
 
 
