@@ -126,3 +126,83 @@ def test_existing_dataset_is_not_overwritten(tmp_path):
   prepare.run(_args("bin", BIN_FIXTURE, tmp_path / "lfw"))
   with pytest.raises(FileExistsError, match="already holds a dataset"):
     prepare.run(_args("bin", BIN_FIXTURE, tmp_path / "lfw"))
+
+
+def _extraneous_bytes_jpeg(seed):
+  """A 32×32 JPEG with filler bytes before its end marker, as many as it takes for libjpeg
+  to report "Corrupt JPEG data: N extraneous bytes before marker 0xd9" (the decoder's
+  bit buffer swallows the first few). Returns (corrupt bytes, pixels of the clean JPEG)."""
+  import simplejpeg
+  rng = np.random.default_rng(seed)
+  clean = data.encode_jpeg(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+  assert clean[-2:] == b"\xff\xd9"
+  for n in range(1, 16):
+    bad = clean[:-2] + b"\x00" * n + clean[-2:]
+    try:
+      simplejpeg.decode_jpeg(bad)
+    except ValueError as e:
+      assert "extraneous bytes before marker 0xd9" in str(e)
+      return bad, simplejpeg.decode_jpeg(clean)
+  raise AssertionError("could not provoke libjpeg's extraneous-bytes error")
+
+
+def test_jpeg_with_a_decoder_warning_is_kept_read_and_trained_on(tmp_path):
+  """The strict-decoder crash of issue 10: a record that libjpeg only warns about passes
+  prepare (counted), opens, and trains; a truncated JPEG is skipped at prepare."""
+  from crfiqa_jax import main, train
+  from crfiqa_jax.data import records
+  src = tmp_path / "rec"
+  src.mkdir()
+  rng = np.random.default_rng(0)
+  images = [data.encode_jpeg(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+            for _ in range(16)]
+  bad, expected = _extraneous_bytes_jpeg(1)
+  images[3] = bad
+  images.append(images[0][: len(images[0]) // 2])  # truncated: "Premature end of JPEG file"
+  with recordio.RecordIOWriter(src / "train.rec", src / "train.idx") as w:
+    for k, img in enumerate(images):
+      w.write(recordio.pack(recordio.IRHeader(0, float(k % 4), k, 0), img), k)
+  (src / "property").write_text("4,32,32")
+  args = _args("insightface", src, tmp_path / "out")
+  args.image_size = 32
+  report = prepare.run(args)
+  assert "read 17, wrote 16, skipped 1" in report
+  assert "kept: decodes with a warning: 1" in report and "key 3" in report
+  assert "skipped: undecodable image: 1" in report and "truncated" in report
+  ds = data.open_dataset(tmp_path / "out")
+  assert ds.source[3]["image"] == bad  # byte for byte
+  before = sum(records.decode_warnings.values())
+  np.testing.assert_array_equal(ds[3]["image"], expected)  # counted, not raised
+  assert sum(records.decode_warnings.values()) == before + 1
+  config = main.load_config("base", {
+      "model": "iresnet_tiny", "embedding_dim": "32", "image_size": "32", "batch_size": "16",
+      "data_workers": "0", "total_steps": "1", "data_dir": str(tmp_path / "out")})
+  state = train.train(config, tmp_path / "work")
+  assert int(state.step) == 1
+
+
+def test_decode_handles_photo_modes():
+  """16-bit grayscale keeps its top byte (PIL's convert would clip), RGBA drops alpha,
+  EXIF orientation is applied on request."""
+  from crfiqa_jax.data import records
+  g16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+  buf = io.BytesIO()
+  Image.fromarray(g16).save(buf, "PNG")
+  out = records.decode_image(buf.getvalue())
+  assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[..., 0], (g16 >> 8).astype(np.uint8))
+  rgba = np.zeros((4, 6, 4), np.uint8)
+  rgba[..., 0], rgba[..., 3] = 200, 10
+  buf = io.BytesIO()
+  Image.fromarray(rgba).save(buf, "PNG")
+  np.testing.assert_array_equal(records.decode_image(buf.getvalue()), rgba[..., :3])
+  wide = np.zeros((20, 40, 3), np.uint8)
+  wide[:, :10] = 255  # the left quarter is white
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "rotate 90° clockwise to display"
+  buf = io.BytesIO()
+  Image.fromarray(wide).save(buf, "JPEG", exif=exif, quality=95)
+  assert records.decode_image(buf.getvalue()).shape == (20, 40, 3)
+  upright = records.decode_image(buf.getvalue(), exif_orientation=True)
+  assert upright.shape == (40, 20, 3)
+  assert upright[:8].mean() > 200 and upright[-8:].mean() < 50  # left edge → top

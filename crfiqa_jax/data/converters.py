@@ -5,8 +5,14 @@
   bin          verification FILE.bin (pickle)           → "test" split + pairs in metadata
 
 Nothing is dropped silently. Every converter counts what it read, wrote and skipped, and
-why; the counts are printed at the end and stored in the dataset's metadata. Per case:
+why; the counts are printed at the end and stored in the dataset's metadata. Every image
+is decoded once, with the decoder training uses (records.decode_checked). Per case:
   * undecodable image (bad JPEG header / unreadable file)   → skipped, counted
+  * truncated JPEG ("Premature end of JPEG file")           → skipped, counted (undecodable)
+  * JPEG with a recoverable error that libjpeg/PIL only     → kept byte for byte, counted;
+    warn about (e.g. extraneous bytes before a marker)        read time decodes it leniently
+                                                              and counts, never raises
+  * photo without a detectable face (folder --detect)       → skipped, counted
   * wrong size (≠ image_size × image_size)                  → skipped, counted
   * not RGB (grayscale, CMYK, RGBA, palette)                → converted to RGB, counted
   * non-image file in an identity folder                    → skipped, counted
@@ -36,7 +42,8 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 
 
 class Stats:
-  """Counts per outcome ("read", "written", "skipped: <why>", "converted: <why>")."""
+  """Counts per outcome ("read", "written", "skipped: <why>", "converted: <why>",
+  "kept: <why>")."""
 
   def __init__(self):
     self.counts = collections.Counter()
@@ -51,7 +58,7 @@ class Stats:
     lines = [f"{name}: read {self.counts['read']}, wrote {self.counts['written']}, "
              f"skipped {sum(v for k, v in self.counts.items() if k.startswith('skipped'))}"]
     for k, v in sorted(self.counts.items()):
-      if k.startswith(("skipped", "converted")):
+      if k.startswith(("skipped", "converted", "kept")):
         lines.append(f"  {k}: {v}" + (f" (e.g. {self.examples[k]})" if k in self.examples else ""))
     return "\n".join(lines)
 
@@ -60,28 +67,36 @@ class Stats:
 
 
 def check_image(data: bytes, image_size: int | None, where: str, stats: Stats) -> bytes | None:
-  """Returns bytes to store (the original, or an RGB re-encoding), or None to skip."""
+  """Decodes `data` once, as training will. Returns the bytes to store (the original, or an
+  RGB re-encoding), or None to skip; every outcome but a clean original is counted."""
   import simplejpeg
   try:
-    if simplejpeg.is_jpeg(data):
-      h, w, colour, _ = simplejpeg.decode_jpeg_header(data)
-      if (image_size is None or (h, w) == (image_size, image_size)) and colour == "YCbCr":
-        return data
-    from PIL import Image
-    with Image.open(io.BytesIO(data)) as im:
-      im.load()
-      size, mode, fmt = im.size, im.mode, im.format
-      if image_size is not None and size != (image_size, image_size):
-        stats.add(f"skipped: size is not {image_size}x{image_size}", f"{where} is {size[0]}x{size[1]}")
-        return None
-      if mode == "RGB":
-        return data
-      stats.add("converted: not RGB", f"{where} mode {mode}")
-      rgb = np.asarray(im.convert("RGB"))
-    return (records.encode_jpeg(rgb) if fmt == "JPEG" else _png(rgb))
+    image, warning = records.decode_checked(data)
   except Exception as e:  # any decoder failure is a counted skip, never a crash
     stats.add("skipped: undecodable image", f"{where}: {type(e).__name__}: {e}")
     return None
+  h, w = image.shape[:2]
+  if image_size is not None and (h, w) != (image_size, image_size):
+    stats.add(f"skipped: size is not {image_size}x{image_size}", f"{where} is {w}x{h}")
+    return None
+  if warning is not None:
+    # Kept byte for byte: the read-time decoder gives the same pixels, counting the warning;
+    # a re-encode would add a JPEG generation to the very thing quality is learnt from.
+    stats.add("kept: decodes with a warning", f"{where}: {warning}")
+    return data
+  if simplejpeg.is_jpeg(data):
+    if simplejpeg.decode_jpeg_header(data)[2] == "YCbCr":
+      return data
+    stats.add("converted: not RGB", f"{where} JPEG colour space "
+              f"{simplejpeg.decode_jpeg_header(data)[2]}")
+    return records.encode_jpeg(image)
+  from PIL import Image
+  with Image.open(io.BytesIO(data)) as im:
+    mode = im.mode
+  if mode == "RGB":
+    return data
+  stats.add("converted: not RGB", f"{where} mode {mode}")
+  return _png(image)
 
 
 def _png(rgb: np.ndarray) -> bytes:

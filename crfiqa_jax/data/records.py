@@ -18,6 +18,7 @@ interrupted conversion never looks complete.
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import json
@@ -185,14 +186,71 @@ def read_info(path: str | Path) -> dict:
   return meta
 
 
-def decode_image(data: bytes) -> np.ndarray:
-  """Encoded image → uint8 [H, W, 3] RGB. JPEG via simplejpeg (fast); others via PIL."""
+# Images decoded with a recoverable error, per process, by libjpeg message. Read-time
+# decoding counts these instead of raising: `prepare` accepted the record.
+decode_warnings: collections.Counter = collections.Counter()
+_LOGGED_WARNINGS = 10
+
+
+def decode_checked(data: bytes, *, exif_orientation: bool = False
+                   ) -> tuple[np.ndarray, str | None]:
+  """Encoded image → (uint8 [H, W, 3] RGB, warning or None); raises ValueError if undecodable.
+
+  JPEG goes through simplejpeg in strict mode; a recoverable libjpeg error (e.g. "Corrupt
+  JPEG data: 2 extraneous bytes before marker 0xd9", which libjpeg and PIL only warn about)
+  decodes again leniently and is returned as the warning. A truncated JPEG ("Premature end
+  of JPEG file") stays an error: the lenient decoder would paint the missing rows grey.
+  Other formats go through PIL: grayscale, palette, RGBA (alpha dropped) and CMYK become
+  RGB; 16-bit grayscale keeps its top 8 bits (PIL's own conversion would clip at 255).
+  With exif_orientation, the EXIF Orientation tag (camera photos) is applied.
+  """
   import simplejpeg
-  if simplejpeg.is_jpeg(data):
-    return simplejpeg.decode_jpeg(data, colorspace="RGB")
+  from PIL import Image, ImageOps
+  if simplejpeg.is_jpeg(data) and not (exif_orientation and _exif_rotated(data)):
+    try:
+      return simplejpeg.decode_jpeg(data, colorspace="RGB"), None
+    except ValueError as e:
+      if "Premature end" in str(e):
+        raise ValueError(f"truncated JPEG ({e})") from None
+      try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False), str(e)
+      except ValueError:
+        raise ValueError(str(e)) from None
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      if exif_orientation:
+        im = ImageOps.exif_transpose(im)
+      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im).astype(np.int64)
+        if arr.max(initial=0) > 255 or im.mode.startswith("I;16"):
+          arr = arr >> 8
+        gray = np.clip(arr, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1), None
+      return np.asarray(im.convert("RGB")), None
+  except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+    raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+def _exif_rotated(data: bytes) -> bool:
   from PIL import Image
-  with Image.open(io.BytesIO(data)) as im:
-    return np.asarray(im.convert("RGB"))
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      return im.getexif().get(0x0112, 1) not in (0, 1)
+  except Exception:  # a broken EXIF block is the decoder's problem, not orientation's
+    return False
+
+
+def decode_image(data: bytes, *, exif_orientation: bool = False) -> np.ndarray:
+  """Encoded image → uint8 [H, W, 3] RGB (see `decode_checked`). A recoverable decoder
+  error is counted in `decode_warnings` and logged (the first few), never raised."""
+  image, warning = decode_checked(data, exif_orientation=exif_orientation)
+  if warning is not None:
+    decode_warnings[warning] += 1
+    total = sum(decode_warnings.values())
+    if total <= _LOGGED_WARNINGS:
+      log.warning("image decoded with a warning (%s)%s", warning,
+                  "; further ones are only counted" if total == _LOGGED_WARNINGS else "")
+  return image
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
