@@ -288,6 +288,9 @@ def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_
       fr_name, src = _spec(fspec)
       if _is_checkpoint(src):
         feats = scorer(src).embed(imgs())[0].astype(np.float64)
+      elif src == "dlib":  # dlib's 128-d ResNet on the aligned crops (crfiqa_jax.dlib_fr)
+        from crfiqa_jax import dlib_fr
+        feats = dlib_fr.features(imgs())
       else:
         emb = bm.load_embeddings(src, bench.root)
         dim = len(next(iter(emb.values())))
@@ -363,7 +366,7 @@ def main(argv=None) -> int:
       description="ERC reports: quality methods × FR models × benchmarks (REFERENCE §6).",
       epilog="Sources are NAME=PATH. Quality PATH: a checkpoint (workdir, exported dir, .pth), "
              "a scores CSV, 'random' or 'oracle'. FR PATH: a checkpoint, an .npz of "
-             "embeddings keyed by image path, or a folder of KEY.npy files.")
+             "embeddings keyed by image path, a folder of KEY.npy files, or 'dlib'.")
   p.add_argument("--benchmark", action="append", required=True,
                  help="prepared dataset folder or folder with pairs.txt (NAME=PATH)")
   p.add_argument("--quality", action="append", required=True)
