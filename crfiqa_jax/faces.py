@@ -144,12 +144,17 @@ def image_rows(image: np.ndarray, name: str, *, rule: str = "center",
   return [(f"{name}#{k}", crop, None) for k, crop in enumerate(crops)]
 
 
+def require_detector():
+  """Raises MissingExtraError (one line naming the pip command) without the [detect] extra."""
+  _detector(20)
+
+
 def photo_faces(paths: Iterable[str], *, rule: str = "center", all_faces: bool = False,
                 size: int = 112) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
   """(row name, aligned crop uint8 [size, size, 3] or None, reason or None) per output row:
   one row per photo (named by its path), or with all_faces one per face, `<path>#<k>`.
   Reasons: "unreadable (...)", "no face found"."""
-  _detector(20)  # a missing extra fails before the first photo, not once per photo
+  require_detector()  # a missing extra fails before the first photo, not once per photo
   for path in paths:
     try:
       image = load_photo(path)

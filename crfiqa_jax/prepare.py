@@ -2,6 +2,7 @@
 
   python -m crfiqa_jax.prepare insightface SRC_DIR OUT_DIR   # train.rec/idx/property
   python -m crfiqa_jax.prepare folder SRC_DIR OUT_DIR        # SRC_DIR/<identity>/<images>
+  python -m crfiqa_jax.prepare folder PHOTOS OUT_DIR --detect  # raw photos: align faces first
   python -m crfiqa_jax.prepare bin FILE.bin OUT_DIR          # lfw.bin, agedb_30.bin, ...
   python -m crfiqa_jax.prepare synthetic OUT_DIR [--identities N --per-identity K --seed S]
 
@@ -18,6 +19,7 @@ import logging
 import sys
 import time
 
+from crfiqa_jax import faces
 from crfiqa_jax.data import converters, records, synthetic
 
 
@@ -35,6 +37,11 @@ def _parser():
     s.add_argument("--image-size", type=int, default=112,
                    help="required side of the aligned faces; 0 accepts any size")
     s.add_argument("--shards", type=int, default=0, help="ArrayRecord files (0 = by size)")
+    if kind == "folder":
+      s.add_argument("--detect", action="store_true",
+                     help="raw photos: detect, choose and align each face first ([detect] extra)")
+      s.add_argument("--face", choices=("center", "largest"), default="center",
+                     help="which face of a photo with several (see crfiqa_jax.faces)")
   s = sub.add_parser("synthetic")
   s.add_argument("out")
   s.add_argument("--identities", type=int, default=300)
@@ -61,7 +68,9 @@ def run(args) -> str:
   size = args.image_size or None
   make = {"insightface": converters.insightface_splits, "folder": converters.folder_splits,
           "bin": converters.bin_splits}[args.kind]
-  splits, num_classes, meta = make(args.src, image_size=size, stats=stats)
+  extra = ({"detect": True, "face_rule": getattr(args, "face", "center")}
+           if getattr(args, "detect", False) else {})
+  splits, num_classes, meta = make(args.src, image_size=size, stats=stats, **extra)
 
   # Counts are only final after the generators ran; store them by filling the same dict.
   counts: dict = {}
@@ -90,7 +99,8 @@ def main(argv=None):
   args = _parser().parse_args(argv)
   try:
     print(run(args), flush=True)
-  except (ValueError, FileNotFoundError, FileExistsError, converters.UnsafePickleError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, converters.UnsafePickleError,
+          faces.MissingExtraError) as e:
     sys.exit(f"error: {e}")
 
 

