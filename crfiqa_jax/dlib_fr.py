@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DLIB_EXTRA = 'the dlib FR model needs the [dlib] extra: pip install "crfiqa_jax[dlib]"'
 BOX = (7, 23, 95, 113)  # left, top, right, bottom on the 112×112 ArcFace crop
@@ -77,3 +80,20 @@ def features(crops: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
     out.extend(np.asarray(d, np.float64) for d in net.compute_face_descriptor(chips))
   feats = np.stack(out) if out else np.zeros((0, 128))
   return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+def source_features(source, *, batch_size: int = 32) -> np.ndarray:
+  """Descriptors [N, 128] of an inference.ImageSource; NaN rows where an image could not
+  be loaded (logged; evaluate leaves those pairs out)."""
+  from crfiqa_jax.inference import SkipImage
+  out = np.full((len(source), 128), np.nan)
+  for start in range(0, len(source), batch_size):
+    loaded = {}
+    for i in range(start, min(start + batch_size, len(source))):
+      try:
+        loaded[i] = source.load(i)
+      except SkipImage as e:
+        log.warning("dlib FR: %s: %s (its pairs are left out)", source.name(i), e)
+    if loaded:
+      out[list(loaded)] = features(np.stack(list(loaded.values())))
+  return out

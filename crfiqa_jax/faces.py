@@ -37,8 +37,9 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
                              [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
 
 
-class MissingExtraError(ImportError):
-  """An optional extra is not installed; the message names the pip command."""
+class MissingExtraError(ImportError, ValueError):
+  """An optional extra is not installed; the message names the pip command. A ValueError
+  too, so the command lines report it as one `error: ...` line (crfiqa_jax.cli)."""
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

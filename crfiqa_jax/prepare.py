@@ -15,11 +15,10 @@ skipped (and why) is printed at the end and kept in the dataset metadata.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 
-from crfiqa_jax import faces
+from crfiqa_jax import cli
 from crfiqa_jax.data import converters, records, synthetic
 
 
@@ -42,14 +41,17 @@ def _parser():
                      help="raw photos: detect, choose and align each face first ([detect] extra)")
       s.add_argument("--face", choices=("center", "largest"), default="center",
                      help="which face of a photo with several (see crfiqa_jax.faces)")
+  # The defaults are the demo's (configs/demo.py), so `prepare synthetic` makes its data.
+  from crfiqa_jax.configs import demo
+  d = demo.get_config()
   s = sub.add_parser("synthetic")
   s.add_argument("out")
-  s.add_argument("--identities", type=int, default=300)
-  s.add_argument("--per-identity", type=int, default=24)
-  s.add_argument("--eval-identities", type=int, default=60)
-  s.add_argument("--eval-per-identity", type=int, default=10)
-  s.add_argument("--image-size", type=int, default=64)
-  s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--identities", type=int, default=d.synthetic.identities)
+  s.add_argument("--per-identity", type=int, default=d.synthetic.per_identity)
+  s.add_argument("--eval-identities", type=int, default=d.synthetic.eval_identities)
+  s.add_argument("--eval-per-identity", type=int, default=d.synthetic.eval_per_identity)
+  s.add_argument("--image-size", type=int, default=d.image_size)
+  s.add_argument("--seed", type=int, default=d.synthetic.seed)
   return p
 
 
@@ -94,14 +96,11 @@ def run(args) -> str:
 
 
 def main(argv=None):
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
   args = _parser().parse_args(argv)
-  try:
-    print(run(args), flush=True)
-  except (ValueError, FileNotFoundError, FileExistsError, converters.UnsafePickleError,
-          faces.MissingExtraError) as e:
-    sys.exit(f"error: {e}")
+  cli.quiet_logging()
+  rc = cli.run(lambda: print(run(args), flush=True))
+  if rc:
+    sys.exit(rc)
 
 
 if __name__ == "__main__":
