@@ -208,6 +208,20 @@ class FaceRows:
     return crop
 
 
+def image_source(rows: FaceRows):
+  """FaceRows as an inference.ImageSource: a NoFace becomes SkipImage (an empty quality and
+  the reason on stderr in `score`)."""
+  from crfiqa_jax.inference import ImageSource, SkipImage
+
+  def load(i):
+    try:
+      return rows.load(i)
+    except NoFace as e:
+      raise SkipImage(str(e)) from None
+
+  return ImageSource(load, len(rows), rows.names.__getitem__)
+
+
 def photo_faces(paths: Iterable[str], *, rule: str = "center", all_faces: bool = False,
                 size: int = 112) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
   """(row name, aligned crop uint8 [size, size, 3] or None, reason or None) per row of

@@ -12,6 +12,13 @@ regression output (higher = better). Images that are not image_size × image_siz
 resized (bilinear) with a warning, or refused with --strict. Unreadable or refused images
 get an empty quality and their reason on stderr; the exit code is then 1.
 
+Raw photos (`--detect`, extra [detect]): each photo's face is detected (MTCNN), chosen
+(`--face=center`, the default, or `largest`) and aligned to the ArcFace template before
+scoring (crfiqa_jax.faces); `--all-faces` gives one row per face, named PHOTO#K with K
+ranking the photo's faces by detection confidence; `--save-aligned=DIR` writes each crop
+the model saw. A photo without a face gets an empty quality, "no face found" on stderr and
+exit code 1. `--calibrated` adds a 0–100 column (crfiqa_jax.calibration).
+
 Several processes (`--coordinator/--num_processes/--process_id`, or `--distributed` on a
 TPU pod): each scores a contiguous slice into OUTPUT.part-I-of-N; process 0 joins them.
 """
@@ -27,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crfiqa_jax import cli, inference
+from crfiqa_jax import calibration, cli, inference
 from crfiqa_jax.data.converters import IMAGE_EXTENSIONS
 from crfiqa_jax.inference import Scorer  # noqa: F401  (the Python API, re-exported)
 
@@ -83,9 +90,10 @@ def completed_rows(output: Path, names: Sequence[str]) -> int:
 def score_to_csv(predictor, names: Sequence[str], source: inference.ImageSource,
                  output: str | Path, *, positions: range | None = None,
                  batch_size: int = 64, resume: bool = False,
-                 progress: bool | None = None) -> dict[int, str]:
+                 progress: bool | None = None, calibrate=None) -> dict[int, str]:
   """Scores `positions` (default all) of `source` into `output`, flushing every batch;
-  returns {position: reason} of the images that failed in this run."""
+  returns {position: reason} of the images that failed in this run. With `calibrate` (a
+  crfiqa_jax.calibration.Calibration), a third column holds the 0–100 score."""
   output = Path(output)
   positions = range(len(names)) if positions is None else positions
   done = completed_rows(output, [names[i] for i in positions]) if resume else 0
@@ -95,12 +103,13 @@ def score_to_csv(predictor, names: Sequence[str], source: inference.ImageSource,
   with open(output, "a" if done else "w", newline="") as f:
     w = csv.writer(f)
     if not done:
-      w.writerow(HEADER)
+      w.writerow(HEADER + ["quality_0_100"] * (calibrate is not None))
     for b in inference.stream(predictor, source, positions=positions[done:],
                               batch_size=batch_size, progress=progress, desc="scoring"):
       q = dict(zip(b.indices.tolist(), b.quality.tolist()))
       for i in b.positions:
-        w.writerow([names[i], _format(q.get(i, np.nan))])
+        w.writerow([names[i], _format(q.get(i, np.nan))] + (
+            [_format(calibrate(q.get(i, np.nan)))] if calibrate is not None else []))
       failures.update(b.failures)
       f.flush()
   return failures
@@ -120,8 +129,19 @@ def run(args) -> int:
   paths = list_inputs(args.input)
   if not paths:
     raise ValueError(f"no images found in {args.input}")
+  cal = calibration.load(args.checkpoint) if args.calibrated else None
   predictor = inference.load_predictor(args.checkpoint, args.arch)
-  source = inference.files_source(paths, image_size=predictor.image_size, strict=args.strict)
+  if args.detect:  # raw photos: one row per photo (or per face), aligned on the fly
+    from crfiqa_jax import faces
+    rows = faces.FaceRows(paths, rule=args.face, all_faces=args.all_faces,
+                          size=predictor.image_size, save_dir=args.save_aligned,
+                          root=Path(args.input) if Path(args.input).is_dir() else
+                          Path(args.input).parent)
+    paths, source = rows.names, faces.image_source(rows)
+  elif args.save_aligned or args.all_faces:
+    raise ValueError("--save-aligned and --all-faces need --detect (raw photos)")
+  else:
+    source = inference.files_source(paths, image_size=predictor.image_size, strict=args.strict)
   output = Path(args.output)
   n_proc = jax.process_count()
   if n_proc > 1:
@@ -129,7 +149,7 @@ def run(args) -> int:
     part = output.with_name(f"{output.name}.part-{me:05d}-of-{n_proc:05d}")
     failures = score_to_csv(predictor, paths, source, part,
                             positions=inference.process_slice(len(paths)),
-                            batch_size=args.batch_size, resume=args.resume)
+                            batch_size=args.batch_size, resume=args.resume, calibrate=cal)
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("crfiqa_jax.score parts written")
     if me == 0:
@@ -138,7 +158,7 @@ def run(args) -> int:
     multihost_utils.sync_global_devices("crfiqa_jax.score joined")
   else:
     failures = score_to_csv(predictor, paths, source, output, batch_size=args.batch_size,
-                            resume=args.resume)
+                            resume=args.resume, calibrate=cal)
   for i, why in sorted(failures.items()):
     print(f"failed: {paths[i]}: {why}", file=sys.stderr)
   with open(output, newline="") as f:
@@ -159,6 +179,16 @@ def main(argv=None) -> int:
   p.add_argument("--arch", default=None, help="architecture of a .pth checkpoint")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--strict", action="store_true", help="refuse images of the wrong size")
+  p.add_argument("--detect", action="store_true",
+                 help="inputs are raw photos: detect, choose and align a face ([detect] extra)")
+  p.add_argument("--face", choices=("center", "largest"), default="center",
+                 help="with --detect, which face of a photo with several")
+  p.add_argument("--all-faces", action="store_true",
+                 help="with --detect, one row per face, named PHOTO#K (K: by confidence)")
+  p.add_argument("--save-aligned", default=None, metavar="DIR",
+                 help="with --detect, write each aligned crop the model saw (PNG)")
+  p.add_argument("--calibrated", action="store_true",
+                 help="add a 0-100 column (the model's calibration.json; crfiqa_jax.calibration)")
   p.add_argument("--resume", action="store_true",
                  help="continue an interrupted run into the same --output")
   p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")

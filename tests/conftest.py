@@ -29,3 +29,16 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # test oracles (released_erc, torch models)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+  """An exported iresnet_tiny (random weights): (folder, model, variables)."""
+  import jax
+  import jax.numpy as jnp
+  from crfiqa_jax import convert, models
+  model = models.create_model("iresnet_tiny")
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 112, 112, 3)))
+  out = tmp_path_factory.mktemp("tiny_model") / "model"
+  convert.save_inference(out, variables, arch="iresnet_tiny", embedding_dim=64)
+  return out, model, variables

@@ -57,3 +57,32 @@ def test_stored_beside_the_model_and_fitted_from_a_scores_csv(tmp_path):
   (ckpt / "calibration.json").write_text('{"kind": "logistic", "median": 1, "scale": -2}')
   with pytest.raises(ValueError, match="positive scale"):
     calibration.load(ckpt)
+
+
+def test_score_calibrated_adds_the_0_100_column(tiny_model, tmp_path, capsys):
+  import csv
+
+  from PIL import Image
+
+  from crfiqa_jax import score
+  ckpt, _, _ = tiny_model
+  rng = np.random.default_rng(0)
+  for i in range(5):
+    Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(
+        tmp_path / f"{i}.png")
+  args = [f"--checkpoint={ckpt}", f"--input={tmp_path}", f"--output={tmp_path / 'q.csv'}"]
+  calibration.path_for(ckpt).unlink(missing_ok=True)
+  assert score.main(args + ["--calibrated"]) == 2
+  assert "python -m crfiqa_jax.calibration" in capsys.readouterr().err
+  assert score.main(args) == 0
+  raw = calibration.read_scores(tmp_path / "q.csv")
+  assert calibration.main([f"--checkpoint={ckpt}", f"--reference={tmp_path / 'q.csv'}"]) == 0
+  try:
+    assert score.main(args + ["--calibrated"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "q.csv")))
+    m, s = np.median(raw), (np.quantile(raw, 0.75) - np.quantile(raw, 0.25)) / np.log(9)
+    np.testing.assert_allclose([float(r["quality_0_100"]) for r in rows],
+                               100 / (1 + np.exp(-(raw - m) / s)), rtol=1e-6)
+    np.testing.assert_allclose([float(r["quality"]) for r in rows], raw, rtol=1e-6)
+  finally:
+    calibration.path_for(ckpt).unlink()  # the model fixture is shared

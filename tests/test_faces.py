@@ -147,3 +147,36 @@ def test_face_rows_all_faces_save_and_reasons(tmp_path):
     rows.load(2)
   with pytest.raises(faces.NoFace, match="unreadable"):
     rows.load(3)
+
+
+@needs_detect
+def test_score_detect_from_raw_photos(tiny_model, tmp_path, capsys):
+  """score --detect: a row per photo, the quality of the crop it saved (checked against the
+  model applied directly), no face → empty quality, reason, exit 1; --all-faces names."""
+  import csv
+  import shutil
+  from crfiqa_jax import score
+  ckpt, model, variables = tiny_model
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for n in ("obama.jpg", "biden.jpg", "chelsea_cat.jpg"):
+    shutil.copy(PHOTOS / n, photos / n)
+  out, aligned = tmp_path / "q.csv", tmp_path / "aligned"
+  rc = score.main([f"--checkpoint={ckpt}", f"--input={photos}", f"--output={out}", "--detect",
+                   f"--save-aligned={aligned}", "--batch-size=8"])
+  assert rc == 1
+  rows = list(csv.DictReader(open(out)))
+  assert [Path(r["path"]).name for r in rows] == ["biden.jpg", "chelsea_cat.jpg", "obama.jpg"]
+  assert rows[1]["quality"] == "" and "chelsea_cat.jpg: no face found" in capsys.readouterr().err
+  crops = np.stack([np.asarray(Image.open(aligned / f"{n}.png")) for n in ("biden.jpg", "obama.jpg")])
+  _, q = model.apply(variables, (crops.astype(np.float32) - 127.5) / 127.5, train=False)
+  np.testing.assert_allclose([float(rows[0]["quality"]), float(rows[2]["quality"])], q,
+                             rtol=1e-4, atol=1e-4)
+  assert not (aligned / "chelsea_cat.jpg.png").exists()
+  rc = score.main([f"--checkpoint={ckpt}", f"--input={photos}", f"--output={out}", "--detect",
+                   "--all-faces", "--face=largest"])
+  names = [Path(r["path"]).name for r in csv.DictReader(open(out))]
+  assert rc == 1 and names == ["biden.jpg#0", "chelsea_cat.jpg", "obama.jpg#0", "obama.jpg#1"]
+  assert score.main([f"--checkpoint={ckpt}", f"--input={photos}", f"--output={out}",
+                     "--all-faces"]) == 2
+  assert "need --detect" in capsys.readouterr().err
