@@ -168,7 +168,8 @@ def test_score_detect_from_raw_photos(tiny_model, tmp_path, capsys):
   rows = list(csv.DictReader(open(out)))
   assert [Path(r["path"]).name for r in rows] == ["biden.jpg", "chelsea_cat.jpg", "obama.jpg"]
   assert rows[1]["quality"] == "" and "chelsea_cat.jpg: no face found" in capsys.readouterr().err
-  crops = np.stack([np.asarray(Image.open(aligned / f"{n}.png")) for n in ("biden.jpg", "obama.jpg")])
+  crops = np.stack([np.asarray(Image.open(aligned / f"{n}.png"))
+                    for n in ("biden.jpg", "obama.jpg")])
   _, q = model.apply(variables, (crops.astype(np.float32) - 127.5) / 127.5, train=False)
   np.testing.assert_allclose([float(rows[0]["quality"]), float(rows[2]["quality"])], q,
                              rtol=1e-4, atol=1e-4)

@@ -10,7 +10,6 @@ committed. Needs scikit-image and the face_recognition 1.3.0 sdist unpacked:
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 MAX_SIDE = 640  # keeps every file well under 150 KB; faces stay > 100 px wide
