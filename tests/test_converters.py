@@ -149,7 +149,9 @@ def _extraneous_bytes_jpeg(seed):
 def test_jpeg_with_a_decoder_warning_is_kept_read_and_trained_on(tmp_path):
   """The strict-decoder crash of issue 10: a record that libjpeg only warns about passes
   prepare (counted), opens, and trains; a truncated JPEG is skipped at prepare."""
-  from crfiqa_jax import main, train
+  import jax
+
+  from crfiqa_jax import input_pipeline, main, sharding, train
   from crfiqa_jax.data import records
   src = tmp_path / "rec"
   src.mkdir()
@@ -174,11 +176,16 @@ def test_jpeg_with_a_decoder_warning_is_kept_read_and_trained_on(tmp_path):
   before = sum(records.decode_warnings.values())
   np.testing.assert_array_equal(ds[3]["image"], expected)  # counted, not raised
   assert sum(records.decode_warnings.values()) == before + 1
+  # One training step on a batch that the training input pipeline decoded, record 3 included.
   config = main.load_config("base", {
-      "model": "iresnet_tiny", "embedding_dim": "32", "image_size": "32", "batch_size": "16",
-      "data_workers": "0", "total_steps": "1", "data_dir": str(tmp_path / "out")})
-  state = train.train(config, tmp_path / "work")
-  assert int(state.step) == 1
+      "model": "iresnet_tiny", "embedding_dim": "32", "image_size": "32", "batch_size": "16"})
+  batch = next(iter(input_pipeline.train_dataset(str(tmp_path / "out"), local_batch=16, seed=0,
+                                                 image_size=32, flip=0.0, worker_count=0)))
+  assert sorted(batch["label"].tolist()) == sorted(k % 4 for k in range(16))
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  trainer = train.Trainer(config, num_classes=4, num_examples=16, mesh=mesh)
+  state, metrics = trainer.step_fn(trainer.init(), sharding.global_batch(batch, mesh))
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
 
 
 def test_decode_handles_photo_modes():
