@@ -43,8 +43,8 @@ OPSET = 13  # Conv, BatchNormalization, PRelu, Gemm, Squeeze-with-axes: old runt
 OUTPUTS = ("embedding", "quality")
 
 
-class MissingExtra(ImportError):
-  pass
+class MissingExtra(ImportError, ValueError):
+  """An ImportError that the CLIs (crfiqa_jax.cli.run) report as a one-line user error."""
 
 
 def _onnx():
@@ -250,10 +250,16 @@ class OnnxPredictor:
 
   def __init__(self, path, providers: Sequence[str] | None = None, threads: int = 0):
     ort = _onnxruntime()
+    if not Path(path).is_file():
+      raise FileNotFoundError(f"no ONNX file at {path}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    self.session = ort.InferenceSession(str(path), opts,
-                                        providers=providers or ["CPUExecutionProvider"])
+    try:
+      self.session = ort.InferenceSession(str(path), opts,
+                                          providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for bad files
+      raise ValueError(f"{path} is not a model onnxruntime can load: "
+                       f"{str(e).splitlines()[0]}") from e
     inp = self.session.get_inputs()[0]
     shape = inp.shape
     if len(shape) != 4 or 3 not in (shape[1], shape[3]):
@@ -262,6 +268,7 @@ class OnnxPredictor:
     self.input_name, self.nchw = inp.name, shape[1] == 3
     self.image_size = int(shape[2])
     self.batch = shape[0] if isinstance(shape[0], int) else None
+    self.batch_multiple = self.batch or 1  # crfiqa_jax.inference pads batches to this
     self.output_names = [o.name for o in self.session.get_outputs()]
     if "quality" not in self.output_names:
       raise ValueError(f"{path} has no 'quality' output (outputs: {self.output_names})")
@@ -320,12 +327,38 @@ def _parse_batch(s: str):
     raise argparse.ArgumentTypeError(f"--batch must be 'dynamic' or an integer, got {s!r}")
 
 
+def run(args) -> int:
+  outputs = tuple(o.strip() for o in args.outputs.split(","))
+  if args.format == "onnx":  # fail before the (slow) model load
+    _onnx(), _onnxruntime()
+  _check_args(args.layout, outputs, args.batch)
+  from crfiqa_jax import convert
+  model, variables, info = convert.load_model(args.checkpoint, args.arch)
+  out = Path(args.output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  kw = dict(batch=args.batch, layout=args.layout, outputs=outputs)
+  if args.format == "onnx":
+    out.write_bytes(onnx_model(model, variables, info, **kw).SerializeToString())
+    diff = _verify_onnx(out, model, variables, args.layout, outputs, args.batch,
+                        int(info.get("image_size", 112)))
+    print(f"onnxruntime vs JAX, max relative difference: {diff}", file=sys.stderr)
+    if max(diff.values()) > 1e-4:
+      print("error: the ONNX file does not reproduce the JAX model", file=sys.stderr)
+      return 1
+  else:
+    out.write_bytes(export_stablehlo(model, variables, info, **kw).serialize())
+    out.with_name(out.name + ".json").write_text(
+        json.dumps(metadata(info, args.layout, outputs), indent=1))
+  print(f"wrote {out} ({args.format}, {info['arch']}, {out.stat().st_size / 2**20:.1f} MiB)",
+        file=sys.stderr)
+  return 0
+
+
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(
-      prog="python -m crfiqa_jax.export", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="example:\n  python -m crfiqa_jax.export --checkpoint=181952backbone.pth "
-             "--format=onnx --output=crfiqa_l.onnx\n\n" + __doc__.split("\n\n", 2)[2])
+  from crfiqa_jax import cli
+  p = cli.parser("crfiqa_jax.export", __doc__,
+                 "python -m crfiqa_jax.export --checkpoint=181952backbone.pth --format=onnx "
+                 "--output=crfiqa_l.onnx\n\n" + __doc__.split("\n\n", 2)[2])
   p.add_argument("--checkpoint", required=True,
                  help="training workdir, converted model directory or released .pth")
   p.add_argument("--arch", default=None, help="architecture of a .pth (default: detect)")
@@ -336,35 +369,8 @@ def main(argv=None) -> int:
   p.add_argument("--outputs", default="embedding,quality",
                  help="comma-separated: quality | embedding,quality (default)")
   args = p.parse_args(argv)
-  outputs = tuple(o.strip() for o in args.outputs.split(","))
-  try:
-    if args.format == "onnx":  # fail before the (slow) model load
-      _onnx(), _onnxruntime()
-    _check_args(args.layout, outputs, args.batch)
-    from crfiqa_jax import convert
-    model, variables, info = convert.load_model(args.checkpoint, args.arch)
-  except (MissingExtra, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  out = Path(args.output)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  kw = dict(batch=args.batch, layout=args.layout, outputs=outputs)
-  size = int(info.get("image_size", 112))
-  if args.format == "onnx":
-    m = onnx_model(model, variables, info, **kw)
-    out.write_bytes(m.SerializeToString())
-    diff = _verify_onnx(out, model, variables, args.layout, outputs, args.batch, size)
-    print(f"onnxruntime vs JAX, max relative difference: {diff}", file=sys.stderr)
-    if max(diff.values()) > 1e-4:
-      print("error: the ONNX file does not reproduce the JAX model", file=sys.stderr)
-      return 1
-  else:
-    exp = export_stablehlo(model, variables, info, **kw)
-    out.write_bytes(exp.serialize())
-    out.with_name(out.name + ".json").write_text(
-        json.dumps(metadata(info, args.layout, outputs), indent=1))
-  print(f"wrote {out} ({args.format}, {info['arch']}, {out.stat().st_size / 2**20:.1f} MiB)")
-  return 0
+  cli.quiet_logging()
+  return cli.run(lambda: run(args))
 
 
 if __name__ == "__main__":

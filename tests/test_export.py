@@ -175,3 +175,36 @@ def test_cli_bad_outputs_is_one_line_error(capsys, tmp_path):
                     f"--output={tmp_path}/m"])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2 and len(err) == 1 and "outputs must be" in err[0]
+
+
+def test_score_cli_runs_the_onnx_file_alone(tmp_path, images, monkeypatch):
+  from PIL import Image
+
+  from crfiqa_jax import score
+  model = models.create_model("iresnet_tiny")
+  variables = random_variables(model, seed=6)
+  _, q_ref = jax_reference(model, variables, images)
+  path = tmp_path / "m.onnx"
+  path.write_bytes(export.onnx_model(model, variables, _info("iresnet_tiny", model),
+                                     batch=2).SerializeToString())
+  (tmp_path / "faces").mkdir()
+  for i, img in enumerate(images):
+    Image.fromarray(img).save(tmp_path / "faces" / f"{i}.png")
+
+  def no_flax(*a, **k):
+    raise AssertionError("scoring an .onnx file must not build the Flax model")
+
+  monkeypatch.setattr(convert, "load_model", no_flax)
+  monkeypatch.setattr(models, "create_model", no_flax)
+  out = tmp_path / "q.csv"
+  assert score.main([f"--checkpoint={path}", f"--input={tmp_path / 'faces'}",
+                     f"--output={out}", "--batch-size=4"]) == 0
+  rows = dict(line.split(",") for line in out.read_text().splitlines()[1:])
+  q = np.array([float(rows[str(tmp_path / "faces" / f"{i}.png")]) for i in range(7)])
+  np.testing.assert_allclose(q, q_ref, rtol=0, atol=1e-4 * np.abs(q_ref).max())
+
+
+def test_predictor_refuses_a_broken_file(tmp_path):
+  (tmp_path / "bad.onnx").write_bytes(b"not a protobuf")
+  with pytest.raises(ValueError, match="not a model onnxruntime can load"):
+    export.OnnxPredictor(tmp_path / "bad.onnx")
