@@ -358,7 +358,8 @@ def main(argv=None) -> int:
   from crfiqa_jax import cli
   p = cli.parser("crfiqa_jax.export", __doc__,
                  "python -m crfiqa_jax.export --checkpoint=181952backbone.pth --format=onnx "
-                 "--output=crfiqa_l.onnx\n\n" + __doc__.split("\n\n", 2)[2])
+                 "--output=crfiqa_l.onnx\npython -m crfiqa_jax.export --checkpoint=runs/demo "
+                 "--format=stablehlo --output=demo.shlo\n\n" + __doc__.split("\n\n")[2])
   p.add_argument("--checkpoint", required=True,
                  help="training workdir, converted model directory or released .pth")
   p.add_argument("--arch", default=None, help="architecture of a .pth (default: detect)")
