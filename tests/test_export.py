@@ -19,7 +19,8 @@ TINY_WIDTHS = (8, 16, 32, 64)  # full depth of every arch, narrow so the suite s
 
 def random_variables(model, seed=0, size=112):
   """He-scaled random weights and non-trivial BN statistics, so a wrong mapping shows."""
-  v = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)), train=False)
+  v = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                       train=False))  # shapes only: no slow eager init
   rng = np.random.default_rng(seed)
 
   def fill(path, a):
