@@ -107,8 +107,8 @@ class _Graph:
   def const(self, name, value):
     from onnx import numpy_helper
     value = np.asarray(value)
-    if value.dtype.kind == "f":
-      value = value.astype(np.float32)  # bf16 or f64 variables: the file is float32
+    if not np.issubdtype(value.dtype, np.integer):  # bf16 (kind 'V'), f16, f64 → float32
+      value = value.astype(np.float32)
     self.inits.append(numpy_helper.from_array(value, name))
     return name
 

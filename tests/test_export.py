@@ -209,3 +209,21 @@ def test_predictor_refuses_a_broken_file(tmp_path):
   (tmp_path / "bad.onnx").write_bytes(b"not a protobuf")
   with pytest.raises(ValueError, match="not a model onnxruntime can load"):
     export.OnnxPredictor(tmp_path / "bad.onnx")
+
+
+def test_bf16_model_exports_float32(images):
+  """A bf16 config's model and weights export as float32 (weights rounded to bf16 once)."""
+  model16 = models.create_model("iresnet_tiny", dtype=jnp.bfloat16)
+  v16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), random_variables(model16, seed=7))
+  info = _info("iresnet_tiny", model16)
+  m = export.onnx_model(model16, v16, info)
+  assert {t.data_type for t in m.graph.initializer if t.name != "squeeze_axes"} == {
+      onnx.TensorProto.FLOAT}
+  model32 = models.create_model("iresnet_tiny")
+  emb_ref, q_ref = jax_reference(model32, jax.tree.map(lambda a: a.astype(np.float32), v16),
+                                 images)
+  sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+  x = ((images.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2)
+  assert_close(*sess.run(["embedding", "quality"], {"input": x}), emb_ref, q_ref)
+  emb, q = export.export_stablehlo(model16, v16, info).call(x)
+  assert_close(np.asarray(emb), np.asarray(q), emb_ref, q_ref)
