@@ -13,7 +13,6 @@ value means a closer negative class, −NNCCS is used so that higher = better fo
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -185,24 +184,23 @@ def _plot_distributions(ccs, nnccs, cr, path):
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m crfiqa_jax.analyze",
-                              description=__doc__.split("\n\n")[0])
+  from crfiqa_jax import cli
+  p = cli.parser("crfiqa_jax.analyze", __doc__,
+                 "python -m crfiqa_jax.analyze --checkpoint=runs/crfiqa_s --data=/data/casia")
   p.add_argument("--checkpoint", required=True, help="training workdir")
   p.add_argument("--data", required=True, help="the training dataset (prepare output)")
   p.add_argument("--out", default=None, help="default: CHECKPOINT/analysis")
   p.add_argument("--pairs", type=int, default=50_000)
   p.add_argument("--batch-size", type=int, default=256)
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  try:
+  cli.quiet_logging()
+
+  def body():
     r = analyze(args.checkpoint, args.data, args.out or Path(args.checkpoint) / "analysis",
                 pairs=args.pairs, batch_size=args.batch_size)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(json.dumps(r, indent=1))
-  return 0
+    print(json.dumps(r, indent=1))
+
+  return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,12 @@ def manager(workdir: str | Path, *, max_to_keep: int = 3,
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                          save_interval_steps=save_interval_steps,
                                          create=True)
-  return ocp.CheckpointManager(directory, options=options,
-                               item_names=("state", "data"))
+  return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers())
+
+
+def _handlers() -> dict:
+  # Named up front so that metadata (saved shapes) can be read before any save or restore.
+  return {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_iter=None, *,
@@ -61,11 +65,17 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, data_iter=None, step: in
   return state
 
 
-def _saved_shapes(mgr, step):
+def _names(path) -> tuple:
+  """A key path as plain names: metadata trees use dict keys where the state has fields."""
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _saved_shapes(mgr, step) -> dict:
+  """{leaf path names: shape} of a saved state."""
   meta = mgr.item_metadata(step)
   meta = meta["state"] if "state" in meta else meta
-  return jax.tree.map(lambda m: tuple(m.shape), meta,
-                      is_leaf=lambda m: hasattr(m, "shape"))
+  flat = jax.tree_util.tree_flatten_with_path(meta, is_leaf=lambda m: hasattr(m, "shape"))[0]
+  return {_names(p): tuple(m.shape) for p, m in flat}
 
 
 def _repadded_target(abstract_state, saved_shapes):
@@ -73,11 +83,10 @@ def _repadded_target(abstract_state, saved_shapes):
   (restored replicated-or-split as the saved count allows); (target, any_changed)."""
   from jax.sharding import NamedSharding, PartitionSpec as P
   changed = False
-  flat_saved = dict(jax.tree_util.tree_flatten_with_path(saved_shapes)[0])
 
   def pick(path, a):
     nonlocal changed
-    old = flat_saved.get(path)
+    old = saved_shapes.get(_names(path))
     if old is None or tuple(old) == tuple(a.shape):
       return a
     if len(old) != 2 or old[0] != a.shape[0]:
@@ -116,7 +125,7 @@ def restore_raw(workdir: str | Path) -> tuple[dict, dict, int]:
   workdir = Path(workdir).absolute()
   if not (workdir / "config.json").exists():
     raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json)")
-  mgr = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"))
+  mgr = ocp.CheckpointManager(workdir / "checkpoints", item_handlers=_handlers())
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet")

@@ -15,7 +15,6 @@ archive's storages and refuses every other global, so a crafted file cannot run 
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import pickle
@@ -292,21 +291,27 @@ def load_model(path: str | Path, arch: str | None = None):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  from crfiqa_jax import cli
+  p = cli.parser("crfiqa_jax.convert", __doc__,
+                 "python -m crfiqa_jax.convert --torch=181952backbone.pth --arch=iresnet100 "
+                 "--out=crfiqa_l")
   p.add_argument("--torch", required=True, help="PyTorch state_dict (.pth)")
   p.add_argument("--arch", default=None, help=f"one of {sorted(models.ARCHS)} (default: detect)")
   p.add_argument("--out", required=True, help="output directory (orbax)")
   args = p.parse_args(argv)
-  try:
-    model, variables, info = load_model(args.torch, args.arch)
+  cli.quiet_logging()
+
+  def body():
+    _, variables, info = load_model(args.torch, args.arch)
     out = save_inference(args.out, variables, arch=info["arch"],
                          embedding_dim=info["embedding_dim"], source=str(args.torch))
-  except (ValueError, FileNotFoundError, FileExistsError, pickle.UnpicklingError) as e:
-    sys.exit(f"error: {e}")
-  import jax
-  n = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
-  print(f"Converted {args.torch} ({info['arch']}, {n:,} parameters) → {out}")
+    import jax
+    n = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
+    print(f"Converted {args.torch} ({info['arch']}, {n:,} parameters) → {out}")
+
+  rc = cli.run(body)
+  if rc:
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

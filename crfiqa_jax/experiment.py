@@ -56,9 +56,17 @@ def preflight(config: ml_collections.ConfigDict, workdir: str | Path):
   train.dataset_facts(config)
   if config.eval_data_dir:
     evaluate.check_eval_data(config.eval_data_dir, "test")
-  if config.init_checkpoint and not Path(config.init_checkpoint).exists():
-    raise FileNotFoundError(f"init_checkpoint {config.init_checkpoint} does not exist: "
-                            "fix --config.init_checkpoint")
+  if config.init_checkpoint:
+    if not Path(config.init_checkpoint).exists():
+      raise FileNotFoundError(f"init_checkpoint {config.init_checkpoint} does not exist: "
+                              "fix --config.init_checkpoint")
+    from crfiqa_jax import convert
+    _, _, info = convert.load_model(config.init_checkpoint, config.model)
+    if (info["arch"], info["embedding_dim"]) != (config.model, config.embedding_dim):
+      raise ValueError(f"init_checkpoint {config.init_checkpoint} is {info['arch']} with "
+                       f"embedding {info['embedding_dim']}; the config wants {config.model} "
+                       f"with {config.embedding_dim}: fix --config.model / "
+                       "--config.embedding_dim or --config.init_checkpoint")
   train.check_resume_config(config, workdir)
 
 

@@ -1,15 +1,12 @@
 """The streaming, sharded inference layer and what stands on it at scale: order, failures,
 sharding, bounded memory, resumable scoring, elastic resume, checks before the first step."""
 
-import csv
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,7 @@ lighting direction and strength, background), then receives one degradation of a
 the record metadata, so a quality estimate can be checked against the truth.
 
 Splits: "train" (identities 0..N-1) and "test" (M further, disjoint identities). The test
-split's pairs are all pairs of its images (genuine = same identity); `pair_indices` gives
+split's pairs are all pairs of its images (genuine = same identity); `crfiqa_jax.data.open_pairs` gives
 them. Output is deterministic for a seed.
 """
 

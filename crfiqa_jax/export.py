@@ -1,0 +1,378 @@
+"""Export a CR-FIQA model to ONNX (for face pipelines) or to serialized StableHLO (jax.export).
+
+    python -m crfiqa_jax.export --checkpoint=181952backbone.pth --format=onnx \\
+        --output=crfiqa_l.onnx
+    python -m crfiqa_jax.export --checkpoint=workdir/demo --format=stablehlo --output=q.shlo
+
+The exported function takes what insightface's model zoo takes: float32 RGB faces aligned to
+112×112, normalised by the caller as (x − 127.5) / 127.5, shape [N, 3, 112, 112] (`--layout=
+nchw`, the default) or [N, 112, 112, 3] (`nhwc`), N dynamic unless `--batch=N`. It returns
+`embedding` [N, D] (the un-normalised BN1d features) and `quality` [N] (the raw CR-FIQA
+score, higher = better), or only `quality` with `--outputs=quality`. Weights are exported in
+float32 whatever dtype the model trained in (bf16 configs included).
+
+ONNX: the graph is written here from the Flax variables, node by node, in NCHW: Conv,
+BatchNormalization, PRelu, Add, Flatten (in C, H, W order, like the released PyTorch model,
+so the FC weight is permuted back from the Flax (H, W, C) order), Gemm. A traced export
+(jax2onnx 0.17.1) keeps the model's NHWC PReLU and wraps each one in two Transposes; it also
+pins orbax-checkpoint < 0.11.37, which this package cannot install beside its own orbax.
+The file is checked with onnx.checker (full shape inference) and, at export, run in
+onnxruntime against the JAX model.
+
+StableHLO: `jax.export` of the same function (jitted Flax apply), with a symbolic batch
+dimension; reload with `jax.export.deserialize(bytes).call(x)`, no model code needed. A
+sidecar FILE.json holds the same metadata as the ONNX file's metadata_props.
+
+`OnnxPredictor(path)` runs an exported ONNX file with onnxruntime alone: uint8 RGB images
+[B, H, W, 3] in, (embedding [B, D], quality [B]) out, normalisation and layout done inside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+INSTALL_HINT = "this needs the [export] extra: pip install 'crfiqa_jax[export]'"
+INPUT_CONVENTION = "RGB float32, aligned 112x112 (ArcFace template), (x - 127.5) / 127.5"
+OPSET = 13  # Conv, BatchNormalization, PRelu, Gemm, Squeeze-with-axes: old runtimes run it
+OUTPUTS = ("embedding", "quality")
+
+
+class MissingExtra(ImportError, ValueError):
+  """An ImportError that the CLIs (crfiqa_jax.cli.run) report as a one-line user error."""
+
+
+def _onnx():
+  try:
+    import onnx
+    import onnx.helper  # noqa: F401
+    import onnx.numpy_helper  # noqa: F401
+    import onnx.utils  # noqa: F401
+  except ImportError as e:
+    raise MissingExtra(INSTALL_HINT) from e
+  return onnx
+
+
+def _onnxruntime():
+  try:
+    import onnxruntime
+  except ImportError as e:
+    raise MissingExtra(INSTALL_HINT) from e
+  return onnxruntime
+
+
+def _version() -> str:
+  from importlib import metadata as md
+  try:
+    return md.version("crfiqa_jax")
+  except md.PackageNotFoundError:  # run from a source tree that was never installed
+    return "unknown"
+
+
+def metadata(info: dict, layout: str, outputs: Sequence[str]) -> dict[str, str]:
+  """The facts a deployment needs, as strings (ONNX metadata_props, StableHLO sidecar)."""
+  size = int(info.get("image_size", 112))
+  shape = "[N, 3, {0}, {0}]" if layout == "nchw" else "[N, {0}, {0}, 3]"
+  return {"arch": str(info["arch"]), "embedding_dim": str(info["embedding_dim"]),
+          "image_size": str(size), "input": f"{INPUT_CONVENTION}, {shape.format(size)}",
+          "layout": layout, "outputs": ",".join(outputs), "weights": "float32",
+          "quality": "raw CR-FIQA regression output, higher = better",
+          "source": str(info.get("source", "")), "crfiqa_jax_version": _version()}
+
+
+def _check_args(layout, outputs, batch):
+  if layout not in ("nchw", "nhwc"):
+    raise ValueError(f"layout must be nchw or nhwc, got {layout!r}")
+  if not outputs or any(o not in OUTPUTS for o in outputs) or len(set(outputs)) != len(outputs):
+    raise ValueError(f"outputs must be distinct names from {OUTPUTS}, got {list(outputs)}")
+  if batch != "dynamic" and (not isinstance(batch, int) or batch < 1):
+    raise ValueError(f"batch must be 'dynamic' or a positive int, got {batch!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# ONNX: the iResNet graph, written from the variables in NCHW.
+# ---------------------------------------------------------------------------------------
+
+class _Graph:
+  """Collects nodes and float32 initializers; each op returns its output's name."""
+
+  def __init__(self):
+    self.nodes, self.inits, self._n = [], [], 0
+
+  def const(self, name, value):
+    from onnx import numpy_helper
+    value = np.asarray(value)
+    if not np.issubdtype(value.dtype, np.integer):  # bf16 (kind 'V'), f16, f64 → float32
+      value = value.astype(np.float32)
+    self.inits.append(numpy_helper.from_array(value, name))
+    return name
+
+  def op(self, op_type, inputs, name=None, **attrs):
+    from onnx import helper
+    self._n += 1
+    out = name or f"{op_type.lower()}_{self._n}"
+    self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=f"{op_type}_{self._n}",
+                                       **attrs))
+    return out
+
+  def conv(self, x, kernel, prefix, stride=1):
+    k = np.asarray(kernel, np.float32).transpose(3, 2, 0, 1)  # HWIO → OIHW
+    pad = k.shape[-1] // 2  # PyTorch's symmetric (1, 1) for 3×3, 0 for the 1×1 shortcut
+    return self.op("Conv", [x, self.const(f"{prefix}.weight", k)],
+                   kernel_shape=list(k.shape[2:]), strides=[stride, stride], pads=[pad] * 4)
+
+  def bn(self, x, params, stats, prefix):
+    from crfiqa_jax import models
+    names = [self.const(f"{prefix}.{n}", v) for n, v in (
+        ("weight", params["scale"]), ("bias", params["bias"]),
+        ("running_mean", stats["mean"]), ("running_var", stats["var"]))]
+    return self.op("BatchNormalization", [x, *names], epsilon=models.BN_EPS)
+
+  def prelu(self, x, alpha, prefix):
+    # Slopes [C, 1, 1] broadcast over an [N, C, H, W] tensor, as torch.nn.PReLU exports.
+    slope = np.asarray(alpha, np.float32).reshape(-1, 1, 1)
+    return self.op("PRelu", [x, self.const(f"{prefix}.weight", slope)])
+
+
+def onnx_model(model, variables, info: dict, *, batch="dynamic", layout: str = "nchw",
+               outputs: Sequence[str] = OUTPUTS):
+  """The onnx.ModelProto of `model.apply(variables, x, train=False)` (see the module doc).
+
+  Input `input` [N, 3, S, S] (nchw) or [N, S, S, 3] (nhwc), normalised RGB; outputs in the
+  order of `outputs`, `embedding` [N, D] and `quality` [N].
+  """
+  onnx = _onnx()
+  from onnx import TensorProto, helper
+  _check_args(layout, outputs, batch)
+  p, s = variables["params"], variables["batch_stats"]
+  size, dim = int(info.get("image_size", 112)), int(info["embedding_dim"])
+  n = "N" if batch == "dynamic" else batch
+  g = _Graph()
+  in_shape = [n, 3, size, size] if layout == "nchw" else [n, size, size, 3]
+  x = "input"
+  if layout == "nhwc":
+    x = g.op("Transpose", [x], perm=[0, 3, 1, 2])  # once; everything after runs in NCHW
+  x = g.prelu(g.bn(g.conv(x, p["conv1"]["kernel"], "conv1"), p["bn1"], s["bn1"], "bn1"),
+              p["prelu"]["alpha"], "prelu")
+  for i, n_blocks in enumerate(model.stage_sizes):
+    for j in range(n_blocks):
+      key, pre = f"layer{i + 1}_{j}", f"layer{i + 1}.{j}"
+      bp, bs = p[key], s[key]
+      y = g.bn(x, bp["bn1"], bs["bn1"], f"{pre}.bn1")
+      y = g.conv(y, bp["conv1"]["kernel"], f"{pre}.conv1")
+      y = g.prelu(g.bn(y, bp["bn2"], bs["bn2"], f"{pre}.bn2"), bp["prelu"]["alpha"],
+                  f"{pre}.prelu")
+      stride = 2 if j == 0 else 1
+      y = g.bn(g.conv(y, bp["conv2"]["kernel"], f"{pre}.conv2", stride), bp["bn3"], bs["bn3"],
+               f"{pre}.bn3")
+      if j == 0:  # models.IResNet: every stage's first block projects its shortcut
+        x = g.bn(g.conv(x, bp["downsample_conv"]["kernel"], f"{pre}.downsample.0", stride),
+                 bp["downsample_bn"], bs["downsample_bn"], f"{pre}.downsample.1")
+      x = g.op("Add", [y, x])
+  x = g.op("Flatten", [g.bn(x, p["bn2"], s["bn2"], "bn2")], axis=1)  # (C, H, W) order
+  fc = np.asarray(p["fc"]["kernel"], np.float32)
+  c, side = model.widths[-1], size // 2 ** len(model.stage_sizes)
+  if fc.shape[0] != side * side * c:
+    raise ValueError(f"fc kernel {fc.shape} does not flatten a {c}×{side}×{side} map")
+  # Flax flattens (H, W, C); the ONNX graph, like PyTorch, flattens (C, H, W).
+  fc = fc.reshape(side, side, c, -1).transpose(2, 0, 1, 3).reshape(side * side * c, -1)
+  x = g.op("Gemm", [x, g.const("fc.weight", fc), g.const("fc.bias", p["fc"]["bias"])])
+  emb = g.bn(x, p["features"], s["features"], "features")
+  q = g.op("Gemm", [emb, g.const("qs.weight", p["qs"]["kernel"]),
+                    g.const("qs.bias", p["qs"]["bias"])])
+  names = {"embedding": g.op("Identity", [emb], name="embedding"),
+           "quality": g.op("Squeeze", [q, g.const("squeeze_axes", np.array([1], np.int64))],
+                           name="quality")}
+  graph = helper.make_graph(
+      g.nodes, f"crfiqa_{info['arch']}",
+      [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+      [helper.make_tensor_value_info(o, TensorProto.FLOAT, [n, dim] if o == "embedding" else [n])
+       for o in outputs], initializer=g.inits)
+  m = helper.make_model(graph, producer_name="crfiqa_jax",
+                        opset_imports=[helper.make_opsetid("", OPSET)],
+                        doc_string="CR-FIQA face image quality; see metadata_props")
+  m.ir_version = 7  # the IR of opset 13: runtimes from 2021 on load it
+  helper.set_model_props(m, metadata(info, layout, outputs))
+  if len(outputs) < len(OUTPUTS):  # drop the nodes only the omitted output used
+    m = onnx.utils.Extractor(m).extract_model(["input"], list(outputs))
+    m.ir_version = 7
+    helper.set_model_props(m, metadata(info, layout, outputs))
+  onnx.checker.check_model(m, full_check=True)  # also strict shape inference
+  return m
+
+
+# ---------------------------------------------------------------------------------------
+# StableHLO (jax.export).
+# ---------------------------------------------------------------------------------------
+
+def export_stablehlo(model, variables, info: dict, *, batch="dynamic", layout: str = "nchw",
+                     outputs: Sequence[str] = OUTPUTS):
+  """jax.export.Exported of x → outputs, the same function and input as `onnx_model`.
+
+  Variables are baked in as float32 constants; the model computes in float32.
+  """
+  import jax
+  import jax.numpy as jnp
+  _check_args(layout, outputs, batch)
+  size = int(info.get("image_size", 112))
+  model = model.clone(dtype=jnp.float32)
+  variables = jax.tree.map(lambda a: np.asarray(a, np.float32), variables)
+
+  def fn(x):
+    if layout == "nchw":
+      x = jnp.transpose(x, (0, 2, 3, 1))
+    emb, q = model.apply(variables, x, train=False)
+    got = {"embedding": emb, "quality": q}
+    return tuple(got[o] for o in outputs)
+
+  b = "N" if batch == "dynamic" else str(batch)
+  spec = f"{b}, 3, {size}, {size}" if layout == "nchw" else f"{b}, {size}, {size}, 3"
+  shape = jax.ShapeDtypeStruct(jax.export.symbolic_shape(spec), jnp.float32)
+  return jax.export.export(jax.jit(fn))(shape)
+
+
+# ---------------------------------------------------------------------------------------
+# onnxruntime predictor.
+# ---------------------------------------------------------------------------------------
+
+class OnnxPredictor:
+  """Scores faces with an exported ONNX file, without JAX or the model code.
+
+  `predictor(images uint8 [B, H, W, 3] RGB)` → (embedding float32 [B, D], quality float32
+  [B]); D = 0 (an empty array) when the file was exported with `--outputs=quality`. A file
+  with a fixed batch is fed in chunks of that size, the last one padded.
+  """
+
+  def __init__(self, path, providers: Sequence[str] | None = None, threads: int = 0):
+    ort = _onnxruntime()
+    if not Path(path).is_file():
+      raise FileNotFoundError(f"no ONNX file at {path}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    try:
+      self.session = ort.InferenceSession(str(path), opts,
+                                          providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types for bad files
+      raise ValueError(f"{path} is not a model onnxruntime can load: "
+                       f"{str(e).splitlines()[0]}") from e
+    inp = self.session.get_inputs()[0]
+    shape = inp.shape
+    if len(shape) != 4 or 3 not in (shape[1], shape[3]):
+      raise ValueError(f"{path}: input {inp.name} {shape} is not an [N, 3, S, S] or "
+                       "[N, S, S, 3] image batch")
+    self.input_name, self.nchw = inp.name, shape[1] == 3
+    self.image_size = int(shape[2])
+    self.batch = shape[0] if isinstance(shape[0], int) else None
+    self.batch_multiple = self.batch or 1  # crfiqa_jax.inference pads batches to this
+    self.output_names = [o.name for o in self.session.get_outputs()]
+    if "quality" not in self.output_names:
+      raise ValueError(f"{path} has no 'quality' output (outputs: {self.output_names})")
+    emb = [o for o in self.session.get_outputs() if o.name == "embedding"]
+    self.embedding_dim = int(emb[0].shape[1]) if emb else 0
+    self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+  def _run(self, x):
+    n = len(x)
+    if self.batch is not None and n != self.batch:
+      x = np.concatenate([x, np.zeros((self.batch - n, *x.shape[1:]), x.dtype)])
+    out = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
+    emb = out["embedding"][:n] if "embedding" in out else np.zeros((n, 0), np.float32)
+    return emb, out["quality"][:n]
+
+  def __call__(self, images: np.ndarray):
+    images = np.asarray(images)
+    s = self.image_size
+    if images.dtype != np.uint8 or images.shape[1:] != (s, s, 3):
+      raise ValueError(f"expected uint8 RGB images [B, {s}, {s}, 3], got {images.dtype} "
+                       f"{images.shape}")
+    x = (images.astype(np.float32) - 127.5) / 127.5
+    if self.nchw:
+      x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    step = self.batch or max(len(x), 1)
+    parts = [self._run(x[i:i + step]) for i in range(0, len(x), step)] or [self._run(x)]
+    return (np.concatenate([e for e, _ in parts]).astype(np.float32),
+            np.concatenate([q for _, q in parts]).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------
+# CLI.
+# ---------------------------------------------------------------------------------------
+
+def _verify_onnx(path, model, variables, layout, outputs, batch, size):
+  """Max relative difference between onnxruntime and JAX on random inputs, per output."""
+  import jax
+  ort = _onnxruntime()
+  n = 2 if batch == "dynamic" else batch
+  x = np.random.default_rng(0).uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
+  emb, q = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  feed = x.transpose(0, 3, 1, 2) if layout == "nchw" else x
+  sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+  got = dict(zip(outputs, sess.run(list(outputs), {"input": np.ascontiguousarray(feed)})))
+  ref = {"embedding": np.asarray(emb), "quality": np.asarray(q)}
+  return {o: float(np.abs(got[o] - ref[o]).max() / max(np.abs(ref[o]).max(), 1e-6))
+          for o in outputs}
+
+
+def _parse_batch(s: str):
+  if s == "dynamic":
+    return s
+  try:
+    return int(s)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--batch must be 'dynamic' or an integer, got {s!r}")
+
+
+def run(args) -> int:
+  outputs = tuple(o.strip() for o in args.outputs.split(","))
+  if args.format == "onnx":  # fail before the (slow) model load
+    _onnx(), _onnxruntime()
+  _check_args(args.layout, outputs, args.batch)
+  from crfiqa_jax import convert
+  model, variables, info = convert.load_model(args.checkpoint, args.arch)
+  out = Path(args.output)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  kw = dict(batch=args.batch, layout=args.layout, outputs=outputs)
+  if args.format == "onnx":
+    out.write_bytes(onnx_model(model, variables, info, **kw).SerializeToString())
+    diff = _verify_onnx(out, model, variables, args.layout, outputs, args.batch,
+                        int(info.get("image_size", 112)))
+    print(f"onnxruntime vs JAX, max relative difference: {diff}", file=sys.stderr)
+    if max(diff.values()) > 1e-4:
+      print("error: the ONNX file does not reproduce the JAX model", file=sys.stderr)
+      return 1
+  else:
+    out.write_bytes(export_stablehlo(model, variables, info, **kw).serialize())
+    out.with_name(out.name + ".json").write_text(
+        json.dumps(metadata(info, args.layout, outputs), indent=1))
+  print(f"wrote {out} ({args.format}, {info['arch']}, {out.stat().st_size / 2**20:.1f} MiB)",
+        file=sys.stderr)
+  return 0
+
+
+def main(argv=None) -> int:
+  from crfiqa_jax import cli
+  p = cli.parser("crfiqa_jax.export", __doc__,
+                 "python -m crfiqa_jax.export --checkpoint=181952backbone.pth --format=onnx "
+                 "--output=crfiqa_l.onnx\npython -m crfiqa_jax.export --checkpoint=runs/demo "
+                 "--format=stablehlo --output=demo.shlo\n\n" + __doc__.split("\n\n")[2])
+  p.add_argument("--checkpoint", required=True,
+                 help="training workdir, converted model directory or released .pth")
+  p.add_argument("--arch", default=None, help="architecture of a .pth (default: detect)")
+  p.add_argument("--format", required=True, choices=["onnx", "stablehlo"])
+  p.add_argument("--output", required=True, help="file to write")
+  p.add_argument("--batch", type=_parse_batch, default="dynamic", help="dynamic (default) or N")
+  p.add_argument("--layout", default="nchw", choices=["nchw", "nhwc"])
+  p.add_argument("--outputs", default="embedding,quality",
+                 help="comma-separated: quality | embedding,quality (default)")
+  args = p.parse_args(argv)
+  cli.quiet_logging()
+  return cli.run(lambda: run(args))
+
+
+if __name__ == "__main__":
+  sys.exit(main())
