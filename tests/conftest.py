@@ -38,7 +38,17 @@ def tiny_model(tmp_path_factory):
   import jax.numpy as jnp
   from crfiqa_jax import convert, models
   model = models.create_model("iresnet_tiny")
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 112, 112, 3)))
+  # Shapes from eval_shape, values from numpy: compiling init takes minutes on a loaded CPU.
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 112, 112, 3))))
+  rng = np.random.default_rng(0)
+
+  def fill(path, a):  # He-scaled kernels; BN scale ≈ 1, var 1; small biases and means
+    noise = rng.standard_normal(a.shape).astype(np.float32)
+    if len(a.shape) > 1:
+      return noise * np.float32(np.prod(a.shape[:-1]) ** -0.5)
+    return {"var": np.ones_like(noise), "scale": 1 + 0.1 * noise}.get(path[-1].key, 0.1 * noise)
+
+  variables = jax.tree_util.tree_map_with_path(fill, shapes)
   out = tmp_path_factory.mktemp("tiny_model") / "model"
   convert.save_inference(out, variables, arch="iresnet_tiny", embedding_dim=64)
   return out, model, variables
