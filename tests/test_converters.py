@@ -198,6 +198,17 @@ def test_decode_handles_photo_modes():
   out = records.decode_image(buf.getvalue())
   assert out.shape == (8, 8, 3) and out.dtype == np.uint8
   np.testing.assert_array_equal(out[..., 0], (g16 >> 8).astype(np.uint8))
+  # 16-bit RGB PNG, written by hand (PIL cannot write one): PIL reads its top bytes.
+  import struct
+  import zlib
+  rgb16 = (np.arange(60).reshape(4, 5, 3) * 1000).astype(">u2")
+
+  def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+  png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 4, 16, 2, 0, 0, 0))
+         + chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + row.tobytes() for row in rgb16)))
+         + chunk(b"IEND", b""))
+  np.testing.assert_array_equal(records.decode_image(png), (rgb16 >> 8).astype(np.uint8))
   rgba = np.zeros((4, 6, 4), np.uint8)
   rgba[..., 0], rgba[..., 3] = 200, 10
   buf = io.BytesIO()
