@@ -113,23 +113,58 @@ def error_versus_reject(similarity, genuine, quality, *, fmr: float | Sequence[f
 
 def _recomputed(similarity, genuine, quality, fmrs, ratios):
   n = len(similarity)
-  # Score = negated distance, as the released ROC; pairs with equal scores form one group
-  # (one candidate threshold). The two sorts run in parallel (numpy releases the GIL).
-  score = -(np.arccos(np.clip(similarity, -1.0, 1.0)) / np.pi)
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    by_quality = pool.submit(np.argsort, quality)  # numpy's default sort, as released
-    by_score = pool.submit(np.argsort, score)      # any order within ties is fine
-    q_order, s_order = by_quality.result(), by_score.result()
-  s_sorted = score[s_order]
-  new_group = np.empty(n, bool)
-  new_group[0] = True
-  np.not_equal(s_sorted[1:], s_sorted[:-1], out=new_group[1:])
-  group = np.empty(n, np.int64)
-  group[s_order] = np.cumsum(new_group) - 1        # ascending score ⇒ ascending group id
-  n_groups = int(group[s_order[-1]]) + 1
-  # Kept-pair counts per group, updated incrementally as the ratio grows.
-  imp_cnt = np.bincount(group[~genuine], minlength=n_groups)
-  gen_cnt = np.bincount(group[genuine], minlength=n_groups)
+  # The released ordering: numpy's default argsort of the qualities (its tie order decides
+  # which pairs int(r·N) drops). It runs in a thread while the top set is prepared.
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    by_quality = pool.submit(np.argsort, quality)
+    imp_sim = similarity[~genuine]
+    share = 4 * float(fmrs.max()) + 256 / len(imp_sim)
+    out = None
+    while out is None:
+      top = _TopSet(similarity, genuine, imp_sim, share)
+      q_order = by_quality.result()
+      out = _recomputed_on(top, genuine, q_order, fmrs, ratios, n)
+      share *= 4  # the top set was too shallow for some ratio: deepen it, exactly as before
+  return out
+
+
+class _TopSet:
+  """The pairs with similarity ≥ the ⌈share·#impostors⌉-th highest impostor similarity (all
+  pairs once share ≥ 1), grouped by equal score = −arccos(similarity)/π, the released ROC's
+  candidates. Operating points at FMR ≤ 1e-2 lie among the highest scores, so per-ratio
+  work touches this set only; `complete` says whether it holds every pair. Its lowest group
+  may miss pairs of equal score outside the set, so when incomplete it is never used."""
+
+  def __init__(self, similarity, genuine, imp_sim, share):
+    k = int(np.ceil(share * len(imp_sim)))
+    self.complete = k >= len(imp_sim)
+    if self.complete:
+      idx = np.arange(len(similarity))
+    else:
+      cut = np.partition(imp_sim, len(imp_sim) - k)[len(imp_sim) - k]
+      idx = np.flatnonzero(similarity >= cut)
+    score = -(np.arccos(np.clip(similarity[idx], -1.0, 1.0)) / np.pi)
+    order = np.argsort(score)                         # any order within ties is fine
+    s_sorted = score[order]
+    new_group = np.r_[True, s_sorted[1:] != s_sorted[:-1]]
+    group = np.empty(len(idx), np.int64)
+    group[order] = np.cumsum(new_group) - 1          # ascending score ⇒ ascending group id
+    n_groups = int(group[order[-1]]) + 1 if len(idx) else 0
+    # Group of every pair (-1 outside the set), to drop pairs by their quality rank.
+    self.group = np.full(len(similarity), -1, np.int64)
+    self.group[idx] = group
+    gen = genuine[idx]
+    self.imp_cnt = np.bincount(group[~gen], minlength=n_groups)
+    self.gen_cnt = np.bincount(group[gen], minlength=n_groups)
+
+
+def _recomputed_on(top, genuine, q_order, fmrs, ratios, n):
+  """FNMRs [len(fmrs), len(ratios)] from a top set, or None if it is too shallow."""
+  imp_cnt, gen_cnt = top.imp_cnt, top.gen_cnt
+  # Kept-pair counts per group, updated incrementally as the ratio grows; without every pair
+  # the lowest group is left out of the search (views, so the updates show through).
+  imp_use, gen_use = (imp_cnt, gen_cnt) if top.complete else (imp_cnt[1:], gen_cnt[1:])
+  n_gen, n_imp = int(genuine.sum()), len(genuine) - int(genuine.sum())
   out = np.full((len(fmrs), len(ratios)), np.nan)
   done = 0
   window = [1024]
@@ -138,19 +173,24 @@ def _recomputed(similarity, genuine, quality, fmrs, ratios):
     if cut > done:
       gone = q_order[done:cut]
       g_gone = genuine[gone]
-      np.subtract.at(imp_cnt, group[gone[~g_gone]], 1)
-      np.subtract.at(gen_cnt, group[gone[g_gone]], 1)
+      grp = top.group[gone]
+      n_gen -= int(np.count_nonzero(g_gone))
+      n_imp -= len(gone) - int(np.count_nonzero(g_gone))
+      inside = grp >= 0
+      np.subtract.at(imp_cnt, grp[inside & ~g_gone], 1)
+      np.subtract.at(gen_cnt, grp[inside & g_gone], 1)
       done = cut
-    n_imp, n_gen = int(imp_cnt.sum()), int(gen_cnt.sum())
     if n_imp == 0 or n_gen == 0:
       continue
-    picks = _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window)
+    picks = _operating_points(imp_use, gen_use, n_imp, fmrs, window, complete=top.complete)
+    if picks is None:
+      return None
     for i, k in enumerate(picks):
-      out[i, j] = 1 - gen_cnt[len(gen_cnt) - k:].sum() / n_gen  # as the released script
+      out[i, j] = 1 - gen_use[len(gen_use) - k:].sum() / n_gen  # as the released script
   return out
 
 
-def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False):
+def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False, complete=True):
   """For each FMR, the number k of top groups strictly above the released operating point
   (so kept genuine accepted = genuine in the top k groups).
 
@@ -158,8 +198,12 @@ def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False):
   distance, reversed) over a top window holding enough kept impostors for the largest
   target; where a candidate outside the window could tie with the best inside, the whole
   range is used, so the result is always exact. `window` carries the size between calls.
+  With `complete` False the groups are only the top of all groups: returns None where the
+  answer could depend on groups below them.
   """
   n_groups = len(imp_cnt)
+  if n_groups == 0:
+    return None
   needs = [int(f * n_imp) + 2 for f in fmrs]
   w = n_groups if full else min(n_groups, max(window[0], 1024))
   while True:
@@ -179,7 +223,10 @@ def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False):
     first = min(int(np.searchsorted(fm, need)), w - 1)
     p = int(np.searchsorted(fm, fm[first], side="right"))
     if p == w and w < n_groups:  # the run may continue below the window
-      return _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=True)
+      return _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=True,
+                               complete=complete)
+    if not complete and (p == w or fm[first] < need):  # ... or below the groups given
+      return None
     # Above the last FMR plateau at or below f the FMR is smaller still: farther from f.
     below = int(np.searchsorted(fm, f * n_imp, side="right")) - 1
     start = int(np.searchsorted(fm, fm[below], side="left")) if below >= 0 else 0
