@@ -144,18 +144,20 @@ class _TopSet:
       cut = np.partition(imp_sim, len(imp_sim) - k)[len(imp_sim) - k]
       idx = np.flatnonzero(similarity >= cut)
     score = -(np.arccos(np.clip(similarity[idx], -1.0, 1.0)) / np.pi)
-    order = np.argsort(score)                         # any order within ties is fine
+    order = np.argsort(score)[::-1]                   # descending; any order within ties
     s_sorted = score[order]
-    new_group = np.r_[True, s_sorted[1:] != s_sorted[:-1]]
-    group = np.empty(len(idx), np.int64)
-    group[order] = np.cumsum(new_group) - 1          # ascending score ⇒ ascending group id
-    n_groups = int(group[order[-1]]) + 1 if len(idx) else 0
-    # Group of every pair (-1 outside the set), to drop pairs by their quality rank.
-    self.group = np.full(len(similarity), -1, np.int64)
-    self.group[idx] = group
-    gen = genuine[idx]
-    self.imp_cnt = np.bincount(group[~gen], minlength=n_groups)
-    self.gen_cnt = np.bincount(group[gen], minlength=n_groups)
+    new_group = np.r_[True, s_sorted[1:] != s_sorted[:-1]]  # idx is never empty
+    starts = np.flatnonzero(new_group)
+    itype = np.int32 if len(similarity) < 2**30 else np.int64
+    group = np.empty(len(idx), itype)
+    group[order] = np.cumsum(new_group, dtype=itype) - 1
+    # Kept pairs per group (group 0 = the highest score), from the sorted runs.
+    self.gen_cnt = np.add.reduceat(genuine[idx][order].astype(np.int64), starts)
+    self.imp_cnt = np.diff(np.r_[starts, len(idx)]) - self.gen_cnt
+    # 2·group + genuine for every pair (negative outside the set): one gather per ratio.
+    self.code = np.full(len(similarity), -2, itype)
+    self.code[idx] = 2 * group
+    self.code += genuine
 
 
 def _recomputed_on(top, genuine, q_order, fmrs, ratios, n):
@@ -163,7 +165,7 @@ def _recomputed_on(top, genuine, q_order, fmrs, ratios, n):
   imp_cnt, gen_cnt = top.imp_cnt, top.gen_cnt
   # Kept-pair counts per group, updated incrementally as the ratio grows; without every pair
   # the lowest group is left out of the search (views, so the updates show through).
-  imp_use, gen_use = (imp_cnt, gen_cnt) if top.complete else (imp_cnt[1:], gen_cnt[1:])
+  imp_use, gen_use = (imp_cnt, gen_cnt) if top.complete else (imp_cnt[:-1], gen_cnt[:-1])
   n_gen, n_imp = int(genuine.sum()), len(genuine) - int(genuine.sum())
   out = np.full((len(fmrs), len(ratios)), np.nan)
   done = 0
@@ -171,14 +173,14 @@ def _recomputed_on(top, genuine, q_order, fmrs, ratios, n):
   for j in np.argsort(ratios, kind="stable"):
     cut = int(ratios[j] * n)
     if cut > done:
-      gone = q_order[done:cut]
-      g_gone = genuine[gone]
-      grp = top.group[gone]
-      n_gen -= int(np.count_nonzero(g_gone))
-      n_imp -= len(gone) - int(np.count_nonzero(g_gone))
-      inside = grp >= 0
-      np.subtract.at(imp_cnt, grp[inside & ~g_gone], 1)
-      np.subtract.at(gen_cnt, grp[inside & g_gone], 1)
+      code = top.code[q_order[done:cut]]
+      g_gone = (code & 1).astype(bool)
+      n_gone_gen = int(np.count_nonzero(g_gone))
+      n_gen -= n_gone_gen
+      n_imp -= len(code) - n_gone_gen
+      code = code[code >= 0]
+      np.subtract.at(imp_cnt, code[(code & 1) == 0] >> 1, 1)
+      np.subtract.at(gen_cnt, code[(code & 1) == 1] >> 1, 1)
       done = cut
     if n_imp == 0 or n_gen == 0:
       continue
@@ -186,7 +188,7 @@ def _recomputed_on(top, genuine, q_order, fmrs, ratios, n):
     if picks is None:
       return None
     for i, k in enumerate(picks):
-      out[i, j] = 1 - gen_use[len(gen_use) - k:].sum() / n_gen  # as the released script
+      out[i, j] = 1 - gen_use[:k].sum() / n_gen  # as the released script
   return out
 
 
@@ -207,14 +209,14 @@ def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False, complet
   needs = [int(f * n_imp) + 2 for f in fmrs]
   w = n_groups if full else min(n_groups, max(window[0], 1024))
   while True:
-    imp_top = imp_cnt[n_groups - w:][::-1]          # descending score
+    imp_top = imp_cnt[:w]                            # groups in descending score
     fm = np.cumsum(imp_top)                          # kept impostors with score >= value
     if fm[-1] >= max(needs) or w == n_groups:
       break
     w = min(n_groups, 4 * w)
   if not full:
     window[0] = w
-  gen_top = gen_cnt[n_groups - w:][::-1]
+  gen_top = gen_cnt[:w]
   picks = []
   for f, need in zip(fmrs, needs):
     # Positions that can matter for f: up to the first reaching `need` impostors (beyond
@@ -228,7 +230,8 @@ def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False, complet
     if not complete and (p == w or fm[first] < need):  # ... or below the groups given
       return None
     # Above the last FMR plateau at or below f the FMR is smaller still: farther from f.
-    below = int(np.searchsorted(fm, f * n_imp, side="right")) - 1
+    # (An integer key: a float one would make searchsorted copy fm to float64.)
+    below = int(np.searchsorted(fm, int(np.floor(f * n_imp)), side="right")) - 1
     start = int(np.searchsorted(fm, fm[below], side="left")) if below >= 0 else 0
     cand = start + np.flatnonzero(imp_top[start:p] + gen_top[start:p])  # present values
     diff = np.abs(fm[cand] / n_imp - f)
