@@ -279,8 +279,9 @@ def _fixed(similarity, genuine, quality, fmrs, ratios):
 
 
 def erc_auc(reject_ratios, fnmr, *, limit: float | None = None) -> float:
-  """Trapezoidal area under FNMR(reject ratio); with `limit`, only up to that ratio
-  (partial AUC, the curve linearly interpolated at the limit). NaN points are an error."""
+  """Trapezoidal area under FNMR(reject ratio) — the released script's AUC; with `limit`,
+  only up to that ratio (the curve linearly interpolated at the limit). NaN points are an
+  error. This is not fiqat's stepwise pAUC over the actual discard fraction: `edc_pauc`."""
   x = np.asarray(reject_ratios, np.float64)
   y = np.asarray(fnmr, np.float64)
   if x.shape != y.shape or x.ndim != 1:

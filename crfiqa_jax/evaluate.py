@@ -281,7 +281,8 @@ def main(argv=None) -> int:
   p.add_argument("--fmr", default="1e-2,1e-3,1e-4")
   p.add_argument("--modes", default="recomputed,fixed")
   p.add_argument("--discard-limit", type=float, default=None,
-                 help="also report the partial AUC up to this reject ratio")
+                 help="also report the released-grid trapezoidal partial AUC up to this "
+                      "reject ratio (the standard table always has pAUC@0.2)")
   p.add_argument("--arch", default=None, help="architecture of .pth checkpoints")
   p.add_argument("--pair-quality", default="min", choices=reports.PAIR_QUALITY,
                  help="pair quality from the two images' qualities")
