@@ -10,7 +10,7 @@ converted with `prepare`. Recipe of the paper: global batch 512, SGD lr 0.1, 18 
 identities add --config.shard_centres=true.
 """
 
-from configs import base
+from crfiqa_jax.configs import base
 
 
 def get_config():

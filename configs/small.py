@@ -10,7 +10,7 @@ epochs 20, 28 and 32 (the paper's 20K/28K/32K iterations). About 32.5K steps; on
 roughly a day. Quality = the `qs` output; evaluate with `python -m crfiqa_jax.evaluate`.
 """
 
-from configs import base
+from crfiqa_jax.configs import base
 
 
 def get_config():

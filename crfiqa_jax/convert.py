@@ -283,7 +283,8 @@ def load_model(path: str | Path, arch: str | None = None):
     cfg, state, step = checkpointing.restore_raw(path)
     variables = {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
     info = {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
-            "image_size": cfg["image_size"], "source": f"{path} step {step}"}
+            "image_size": cfg["image_size"], "source": f"{path} step {step}",
+            "step": int(step), "config": cfg, "centres": state["params"]["centres"]}
     return (models.create_model(cfg["model"], embedding_dim=cfg["embedding_dim"]), variables,
             info)
   raise FileNotFoundError(f"{path} is neither a .pth file, an exported model (model.json) nor "
