@@ -117,11 +117,12 @@ def _recomputed(similarity, genuine, quality, fmrs, ratios):
   # which pairs int(r·N) drops). It runs in a thread while the top set is prepared.
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     by_quality = pool.submit(np.argsort, quality)
-    imp_sim = similarity[~genuine]
-    share = 4 * float(fmrs.max()) + 256 / len(imp_sim)
+    step = max(1, n // 2**20)  # the top set's depth is estimated on ~1M pairs
+    imp_sample = similarity[::step][~genuine[::step]]
+    share = 4 * float(fmrs.max()) + 256 / max(len(imp_sample), 1)
     out = None
     while out is None:
-      top = _TopSet(similarity, genuine, imp_sim, share)
+      top = _TopSet(similarity, genuine, imp_sample, share)
       q_order = by_quality.result()
       out = _recomputed_on(top, genuine, q_order, fmrs, ratios, n)
       share *= 4  # the top set was too shallow for some ratio: deepen it, exactly as before
@@ -129,35 +130,35 @@ def _recomputed(similarity, genuine, quality, fmrs, ratios):
 
 
 class _TopSet:
-  """The pairs with similarity ≥ the ⌈share·#impostors⌉-th highest impostor similarity (all
-  pairs once share ≥ 1), grouped by equal score = −arccos(similarity)/π, the released ROC's
-  candidates. Operating points at FMR ≤ 1e-2 lie among the highest scores, so per-ratio
-  work touches this set only; `complete` says whether it holds every pair. Its lowest group
-  may miss pairs of equal score outside the set, so when incomplete it is never used."""
+  """The pairs with similarity ≥ about the share-quantile from the top of the impostor
+  similarities (estimated on a sample; all pairs once share ≥ 1), grouped by equal score
+  = −arccos(similarity)/π, the released ROC's candidates. Operating points at FMR ≤ 1e-2
+  lie among the highest scores, so per-ratio work touches this set only; `complete` says
+  whether it holds every pair. Its lowest group may miss pairs of equal score outside the
+  set, so when incomplete that group is never used (`_recomputed_on`)."""
 
-  def __init__(self, similarity, genuine, imp_sim, share):
-    k = int(np.ceil(share * len(imp_sim)))
-    self.complete = k >= len(imp_sim)
+  def __init__(self, similarity, genuine, imp_sample, share):
+    k = int(np.ceil(share * len(imp_sample)))
+    self.complete = k >= len(imp_sample)
     if self.complete:
       idx = np.arange(len(similarity))
     else:
-      cut = np.partition(imp_sim, len(imp_sim) - k)[len(imp_sim) - k]
-      idx = np.flatnonzero(similarity >= cut)
+      cut = np.partition(imp_sample, len(imp_sample) - k)[len(imp_sample) - k]
+      idx = np.flatnonzero(similarity >= cut)        # never empty: holds that impostor
     score = -(np.arccos(np.clip(similarity[idx], -1.0, 1.0)) / np.pi)
     order = np.argsort(score)[::-1]                   # descending; any order within ties
-    s_sorted = score[order]
-    new_group = np.r_[True, s_sorted[1:] != s_sorted[:-1]]  # idx is never empty
+    s_sorted, pairs = score[order], idx[order]
+    new_group = np.r_[True, s_sorted[1:] != s_sorted[:-1]]
     starts = np.flatnonzero(new_group)
-    itype = np.int32 if len(similarity) < 2**30 else np.int64
-    group = np.empty(len(idx), itype)
-    group[order] = np.cumsum(new_group, dtype=itype) - 1
+    gen_sorted = genuine[pairs]
     # Kept pairs per group (group 0 = the highest score), from the sorted runs.
-    self.gen_cnt = np.add.reduceat(genuine[idx][order].astype(np.int64), starts)
+    self.gen_cnt = np.add.reduceat(gen_sorted.astype(np.int64), starts)
     self.imp_cnt = np.diff(np.r_[starts, len(idx)]) - self.gen_cnt
-    # 2·group + genuine for every pair (negative outside the set): one gather per ratio.
-    self.code = np.full(len(similarity), -2, itype)
-    self.code[idx] = 2 * group
-    self.code += genuine
+    # 2·group + genuine for every pair (2·(−1) + genuine outside the set): one gather per
+    # ratio tells whether a dropped pair is genuine and, inside the set, its group.
+    itype = np.int32 if len(similarity) < 2**30 else np.int64
+    self.code = genuine.astype(itype) - 2
+    self.code[pairs] = 2 * (np.cumsum(new_group, dtype=itype) - 1) + gen_sorted
 
 
 def _recomputed_on(top, genuine, q_order, fmrs, ratios, n):
