@@ -5,7 +5,8 @@ tuples, np.unique, the ROC, and a Python loop over genuine distances).
     python benchmarks/erc.py [--pairs 10000000] [--baseline-ratios 20]
 
 Both get the same synthetic pairs (30% genuine, float similarities as real embeddings give
-— or rounded to 1e-4 with --round, so scores tie — and qualities with ties) and FMRs 1e-2, 1e-3, 1e-4 over the 20 released reject ratios.
+— or rounded to 1e-4 with --round, so scores tie — and qualities with ties) and FMRs
+1e-2, 1e-3, 1e-4 over the 20 released reject ratios.
 The FNMRs must be identical; the script asserts it. The baseline is slow: with
 --baseline-ratios K < 20 it runs the first K ratios and its time is scaled by 20/K
 (printed as an extrapolation; an overestimate, as later ratios keep fewer pairs).

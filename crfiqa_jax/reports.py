@@ -168,7 +168,8 @@ def _standard_panel(ax, table: dict, curves: dict, title: str, limit: float):
       ys = np.array([y[np.searchsorted(x, grid, side="right") - 1] for x, y in runs])
       ax.fill_between(grid, ys.min(0), ys.max(0), step="post", color=colour or "tab:gray",
                       alpha=0.25, lw=0)
-      ax.step(grid, ys.mean(0), ls, where="post", color=colour, label=f"{label}: mean of {len(runs)}, min–max band")
+      ax.step(grid, ys.mean(0), ls, where="post", color=colour,
+              label=f"{label}: mean of {len(runs)}, min–max band")
     else:
       ax.step(runs[0][0], runs[0][1], ls, where="post", color=colour, label=label)
   if e0 is not None:
