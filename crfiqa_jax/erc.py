@@ -243,9 +243,11 @@ def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False, complet
 
 def fixed_threshold(similarity, genuine, fmr: float) -> float:
   """Similarity threshold accepting at most floor(fmr·#impostors) impostors (accept: s > t)."""
-  imp = np.sort(np.asarray(similarity, np.float64)[~np.asarray(genuine, bool)])[::-1]
+  imp = np.asarray(similarity, np.float64)[~np.asarray(genuine, bool)]
   k = int(np.floor(fmr * len(imp)))
-  return float(imp[k]) if k < len(imp) else -np.inf
+  if k >= len(imp):
+    return -np.inf
+  return float(np.partition(imp, len(imp) - 1 - k)[len(imp) - 1 - k])  # (k+1)-th highest
 
 
 def discard_masks(quality, ratios):

@@ -105,8 +105,9 @@ def standard_table(similarity, genuine, pair_qualities: dict, *, fmrs=STANDARD_F
       log.warning("%sstandard EDC at FMR=%s skipped: %s", context, f, table["skipped"][f])
       continue
     table["fmr"][f], curves[f] = {}, {}
+    t = erc.fmr_threshold(similarity, genuine, FMRS[f])  # once for every method
     for name, q in pair_qualities.items():
-      runs = [erc.edc(similarity, genuine, r, fmr=FMRS[f])
+      runs = [erc.edc(similarity, genuine, r, threshold=t)
               for r in (q if isinstance(q, list) else [q])]
       pauc = [erc.edc_pauc(x, y, limit) for x, y, _ in runs]
       best = [erc.edc_pauc(x, y, limit, subtract_best=True) for x, y, _ in runs]
