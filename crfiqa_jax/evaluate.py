@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from crfiqa_jax import erc, reports
-# Report helpers live in crfiqa_jax.reports; re-exported here for analyze.py's callers.
-from crfiqa_jax.reports import FMRS, erc_table, plot_erc, random_pair_qualities  # noqa: F401
+from crfiqa_jax.reports import FMRS, erc_table, plot_erc, random_pair_qualities
 
 log = logging.getLogger(__name__)
 
