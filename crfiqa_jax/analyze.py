@@ -107,7 +107,7 @@ def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 25
             split: str = "train") -> dict:
   """Streams `data` through the model once; keeps per-image CCS/NNCCS/CR and only the
   embeddings of images in the sampled pairs (memory independent of the set's size)."""
-  from crfiqa_jax import evaluate, inference
+  from crfiqa_jax import evaluate, inference, reports
   from crfiqa_jax.data.records import read_info
   model, variables, centres, cfg = load_workdir(workdir)
   num_classes = int(read_info(data).get("num_classes", 0))
@@ -146,12 +146,12 @@ def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 25
   _plot_distributions(ccs[ok], nnccs[ok], cr[ok], out / "distributions.png")
   methods = {"CR": np.minimum(cr[a], cr[b]), "CCS": np.minimum(ccs[a], ccs[b]),
              "-NNCCS": np.minimum(-nnccs[a], -nnccs[b])}
-  fmrs = [f for f in ("1e-2", "1e-3", "1e-4") if (~gen).sum() * evaluate.FMRS[f] >= 1]
+  fmrs = [f for f in ("1e-2", "1e-3", "1e-4") if (~gen).sum() * reports.FMRS[f] >= 1]
   if not fmrs or not gen.any():
     raise ValueError(f"{len(gen)} pairs ({int(gen.sum())} genuine) are too few for an ERC; "
                      "raise --pairs or use a larger dataset")
-  table = evaluate.erc_table(sim, gen, methods, fmrs=fmrs)
-  evaluate.plot_erc(table, out / "erc.png",
+  table = reports.erc_table(sim, gen, methods, fmrs=fmrs)
+  reports.plot_erc(table, out / "erc.png",
                     title=f"Training set: {int(gen.sum()):,} genuine / {int((~gen).sum()):,} "
                           "impostor pairs")
   result = {"num_samples": int(len(labels)), "genuine_pairs": int(gen.sum()),

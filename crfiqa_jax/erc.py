@@ -1,26 +1,50 @@
-"""Error-versus-reject curves (ERC / EDC), numpy only.
+"""Error-versus-reject / error-versus-discard characteristics (ERC / EDC), numpy only.
 
-Two semantics, selected by `threshold=`:
+Three conventions live here; every report says which one it used.
 
-"recomputed" — bit-for-bit the released CR-FIQA evaluation script:
+"recomputed" (`error_versus_reject(..., threshold="recomputed")`) — bit for bit the released
+CR-FIQA evaluation script (fdbtrs/CR-FIQA, ERC/erc.py and ERC/roc.py), i.e. the numbers of
+the CR-FIQA paper's ERC plots and AUC tables:
   * comparison distance d = arccos(clip(similarity, -1, 1)) / π;
   * pairs are ordered by np.argsort(quality) (ascending; ties broken as numpy's default
-    sort breaks them) and the first int(r·N) pairs are dropped for each ratio r;
+    sort breaks them) and the first int(r·N) of ALL pairs are dropped for each ratio
+    r = 0, 0.05, …, 0.95;
   * on the kept pairs the ROC is built over the unique distances, scanning from the largest
     distance down; the operating point is the first one whose FMR (share of impostors with
     d ≤ candidate) is nearest the target; the threshold is that candidate distance;
-  * FNMR = 1 − #(kept genuine with d < threshold) / #kept genuine (strict "<").
+  * FNMR = 1 − #(kept genuine with d < threshold) / #kept genuine (strict "<");
+  * AUC = trapezoid over the 20 nominal ratios (`erc_auc`).
   The threshold therefore moves with every ratio.
 
-"fixed" — the standard (ISO/IEC 29794-1, NIST FATE Quality, fiqat EDC) semantics:
-  * the threshold is set once on all pairs: with k = floor(fmr · #impostors), a pair is
-    accepted when its similarity is strictly greater than the (k+1)-th highest impostor
-    similarity (at most k impostors accepted);
-  * for ratio r the pairs with the lowest qualities are discarded, and pairs tied in quality
-    with the last discarded one are discarded together (so slightly more than r may go);
-  * FNMR on the kept genuine pairs at that fixed threshold.
+"fixed" (`error_versus_reject(..., threshold="fixed")`) — a fixed threshold on the released
+ratio grid. Kept for plots beside "recomputed" on the same axis and for ijbc's template-pair
+ERC; it is NOT fiqat's EDC:
+  * the threshold is set once on all pairs (`fixed_threshold`): with k = floor(fmr·#impostors),
+    a pair is accepted when its similarity is strictly greater than the (k+1)-th highest
+    impostor similarity (at most k impostors accepted);
+  * ratio r counts ALL pairs (mated and non-mated): the lowest int(r·N) pair qualities are
+    discarded, with every pair tied in quality with the last of them (so slightly more than
+    r may go); the x value reported is still the nominal r;
+  * FNMR on the kept genuine pairs at that threshold. At one quality cut this FNMR equals
+    fiqat's, but the curve's x axis (and so any area) depends on the impostors' qualities.
 
-Both run in O(N log N) for the sort plus O(N) per ratio, vectorised.
+"standard" (`edc`, `edc_pauc`) — the EDC as FIQA papers since 2023 and the ISO/IEC 29794-1
+and 29794-5 work report it, following the conventions of fiqat's EDC module (Schlett et
+al., "Considerations on the Evaluation of Biometric Quality Assessment Algorithms", IEEE
+T-BIOM 6(1), 2024; fiqat 0.0.13, fiqat/edc.py):
+  * one fixed threshold; a comparison is accepted when similarity ≥ threshold;
+  * an FNMR EDC is computed on the mated pairs only, an FMR EDC on the non-mated pairs only;
+    x = fraction of THAT population discarded, y = error rate among the rest of it;
+  * a point at x = 0 and one at every distinct pair-quality level (all pairs tied at a level
+    are discarded together), and the final point (1, 0);
+  * pAUC = stepwise (left-continuous steps) area from 0 to the limit (0.2 usual); the
+    "area under the theoretical best" curve max(0, e0 − x) is e0²/2 − max(0, e0 − limit)²/2.
+  fiqat sets the threshold explicitly or by its quantile rule (`starting_error`:
+  np.quantile of the population's similarities at e for FNMR, at 1 − e for FMR, numpy's
+  default linear interpolation); `fmr=` adds the fixed-FMR threshold used above (the lowest
+  threshold accepting at most floor(fmr·#non-mated) non-mated pairs).
+
+All run in O(N log N) for the sorts plus O(N) per ratio, vectorised.
 """
 
 from __future__ import annotations
@@ -34,7 +58,7 @@ RELEASED_RATIOS = np.arange(0, 0.98, 0.05)  # 0, 0.05, ..., 0.95 as the released
 MODES = ("recomputed", "fixed")
 
 
-def _validate(similarity, genuine, quality):
+def _validate(similarity, genuine, quality, need_both=True):
   similarity = np.asarray(similarity, dtype=np.float64).reshape(-1)
   genuine = np.asarray(genuine).reshape(-1)
   quality = np.asarray(quality, dtype=np.float64).reshape(-1)
@@ -48,7 +72,7 @@ def _validate(similarity, genuine, quality):
   for name, x in (("similarity", similarity), ("quality", quality)):
     if not np.isfinite(x).all():
       raise ValueError(f"{name} has {int((~np.isfinite(x)).sum())} non-finite values")
-  if genuine.all() or not genuine.any():
+  if need_both and (genuine.all() or not genuine.any()):
     raise ValueError("need both genuine and impostor pairs")
   return similarity, genuine, quality
 
@@ -65,7 +89,8 @@ def error_versus_reject(similarity, genuine, quality, *, fmr: float | Sequence[f
       higher = better, the lowest are rejected first.
     fmr: target false match rate, or a sequence of them.
     reject_ratios: ratios of discarded pairs; default 0, 0.05, …, 0.95.
-    threshold: "recomputed" (released script) or "fixed" (standard EDC).
+    threshold: "recomputed" (released script) or "fixed" (fixed threshold, released grid);
+      for fiqat's standard EDC use `edc`.
   Returns:
     FNMR [len(reject_ratios)] for a scalar fmr, [len(fmr), len(reject_ratios)] otherwise.
     A ratio that leaves no genuine (or, recomputed, no impostor) pair gives NaN.
@@ -88,44 +113,87 @@ def error_versus_reject(similarity, genuine, quality, *, fmr: float | Sequence[f
 
 def _recomputed(similarity, genuine, quality, fmrs, ratios):
   n = len(similarity)
-  # Score = negated distance, as the released ROC; pairs with equal scores form one group
-  # (one candidate threshold). The two sorts run in parallel (numpy releases the GIL).
-  score = -(np.arccos(np.clip(similarity, -1.0, 1.0)) / np.pi)
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    by_quality = pool.submit(np.argsort, quality)  # numpy's default sort, as released
-    by_score = pool.submit(np.argsort, score)      # any order within ties is fine
-    q_order, s_order = by_quality.result(), by_score.result()
-  s_sorted = score[s_order]
-  new_group = np.empty(n, bool)
-  new_group[0] = True
-  np.not_equal(s_sorted[1:], s_sorted[:-1], out=new_group[1:])
-  group = np.empty(n, np.int64)
-  group[s_order] = np.cumsum(new_group) - 1        # ascending score ⇒ ascending group id
-  n_groups = int(group[s_order[-1]]) + 1
-  # Kept-pair counts per group, updated incrementally as the ratio grows.
-  imp_cnt = np.bincount(group[~genuine], minlength=n_groups)
-  gen_cnt = np.bincount(group[genuine], minlength=n_groups)
+  # The released ordering: numpy's default argsort of the qualities (its tie order decides
+  # which pairs int(r·N) drops). It runs in a thread while the top set is prepared.
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    by_quality = pool.submit(np.argsort, quality)
+    step = max(1, n // 2**20)  # the top set's depth is estimated on ~1M pairs
+    imp_sample = similarity[::step][~genuine[::step]]
+    share = 4 * float(fmrs.max()) + 256 / max(len(imp_sample), 1)
+    out = None
+    while out is None:
+      top = _TopSet(similarity, genuine, imp_sample, share)
+      q_order = by_quality.result()
+      out = _recomputed_on(top, genuine, q_order, fmrs, ratios, n)
+      share *= 4  # the top set was too shallow for some ratio: deepen it, exactly as before
+  return out
+
+
+class _TopSet:
+  """The pairs with similarity ≥ about the share-quantile from the top of the impostor
+  similarities (estimated on a sample; all pairs once share ≥ 1), grouped by equal score
+  = −arccos(similarity)/π, the released ROC's candidates. Operating points at FMR ≤ 1e-2
+  lie among the highest scores, so per-ratio work touches this set only; `complete` says
+  whether it holds every pair. Its lowest group may miss pairs of equal score outside the
+  set, so when incomplete that group is never used (`_recomputed_on`)."""
+
+  def __init__(self, similarity, genuine, imp_sample, share):
+    k = int(np.ceil(share * len(imp_sample)))
+    self.complete = k >= len(imp_sample)
+    if self.complete:
+      idx = np.arange(len(similarity))
+    else:
+      cut = np.partition(imp_sample, len(imp_sample) - k)[len(imp_sample) - k]
+      idx = np.flatnonzero(similarity >= cut)        # never empty: holds that impostor
+    score = -(np.arccos(np.clip(similarity[idx], -1.0, 1.0)) / np.pi)
+    order = np.argsort(score)[::-1]                   # descending; any order within ties
+    s_sorted, pairs = score[order], idx[order]
+    new_group = np.r_[True, s_sorted[1:] != s_sorted[:-1]]
+    starts = np.flatnonzero(new_group)
+    gen_sorted = genuine[pairs]
+    # Kept pairs per group (group 0 = the highest score), from the sorted runs.
+    self.gen_cnt = np.add.reduceat(gen_sorted.astype(np.int64), starts)
+    self.imp_cnt = np.diff(np.r_[starts, len(idx)]) - self.gen_cnt
+    # 2·group + genuine for every pair (2·(−1) + genuine outside the set): one gather per
+    # ratio tells whether a dropped pair is genuine and, inside the set, its group.
+    itype = np.int32 if len(similarity) < 2**30 else np.int64
+    self.code = genuine.astype(itype) - 2
+    self.code[pairs] = 2 * (np.cumsum(new_group, dtype=itype) - 1) + gen_sorted
+
+
+def _recomputed_on(top, genuine, q_order, fmrs, ratios, n):
+  """FNMRs [len(fmrs), len(ratios)] from a top set, or None if it is too shallow."""
+  imp_cnt, gen_cnt = top.imp_cnt, top.gen_cnt
+  # Kept-pair counts per group, updated incrementally as the ratio grows; without every pair
+  # the lowest group is left out of the search (views, so the updates show through).
+  imp_use, gen_use = (imp_cnt, gen_cnt) if top.complete else (imp_cnt[:-1], gen_cnt[:-1])
+  n_gen, n_imp = int(genuine.sum()), len(genuine) - int(genuine.sum())
   out = np.full((len(fmrs), len(ratios)), np.nan)
   done = 0
   window = [1024]
   for j in np.argsort(ratios, kind="stable"):
     cut = int(ratios[j] * n)
     if cut > done:
-      gone = q_order[done:cut]
-      g_gone = genuine[gone]
-      np.subtract.at(imp_cnt, group[gone[~g_gone]], 1)
-      np.subtract.at(gen_cnt, group[gone[g_gone]], 1)
+      code = top.code[q_order[done:cut]]
+      g_gone = (code & 1).astype(bool)
+      n_gone_gen = int(np.count_nonzero(g_gone))
+      n_gen -= n_gone_gen
+      n_imp -= len(code) - n_gone_gen
+      code = code[code >= 0]
+      np.subtract.at(imp_cnt, code[(code & 1) == 0] >> 1, 1)
+      np.subtract.at(gen_cnt, code[(code & 1) == 1] >> 1, 1)
       done = cut
-    n_imp, n_gen = int(imp_cnt.sum()), int(gen_cnt.sum())
     if n_imp == 0 or n_gen == 0:
       continue
-    picks = _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window)
+    picks = _operating_points(imp_use, gen_use, n_imp, fmrs, window, complete=top.complete)
+    if picks is None:
+      return None
     for i, k in enumerate(picks):
-      out[i, j] = 1 - gen_cnt[len(gen_cnt) - k:].sum() / n_gen  # as the released script
+      out[i, j] = 1 - gen_use[:k].sum() / n_gen  # as the released script
   return out
 
 
-def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False):
+def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False, complete=True):
   """For each FMR, the number k of top groups strictly above the released operating point
   (so kept genuine accepted = genuine in the top k groups).
 
@@ -133,19 +201,23 @@ def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False):
   distance, reversed) over a top window holding enough kept impostors for the largest
   target; where a candidate outside the window could tie with the best inside, the whole
   range is used, so the result is always exact. `window` carries the size between calls.
+  With `complete` False the groups are only the top of all groups: returns None where the
+  answer could depend on groups below them.
   """
   n_groups = len(imp_cnt)
+  if n_groups == 0:
+    return None
   needs = [int(f * n_imp) + 2 for f in fmrs]
   w = n_groups if full else min(n_groups, max(window[0], 1024))
   while True:
-    imp_top = imp_cnt[n_groups - w:][::-1]          # descending score
+    imp_top = imp_cnt[:w]                            # groups in descending score
     fm = np.cumsum(imp_top)                          # kept impostors with score >= value
     if fm[-1] >= max(needs) or w == n_groups:
       break
     w = min(n_groups, 4 * w)
   if not full:
     window[0] = w
-  gen_top = gen_cnt[n_groups - w:][::-1]
+  gen_top = gen_cnt[:w]
   picks = []
   for f, need in zip(fmrs, needs):
     # Positions that can matter for f: up to the first reaching `need` impostors (beyond
@@ -154,9 +226,13 @@ def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False):
     first = min(int(np.searchsorted(fm, need)), w - 1)
     p = int(np.searchsorted(fm, fm[first], side="right"))
     if p == w and w < n_groups:  # the run may continue below the window
-      return _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=True)
+      return _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=True,
+                               complete=complete)
+    if not complete and (p == w or fm[first] < need):  # ... or below the groups given
+      return None
     # Above the last FMR plateau at or below f the FMR is smaller still: farther from f.
-    below = int(np.searchsorted(fm, f * n_imp, side="right")) - 1
+    # (An integer key: a float one would make searchsorted copy fm to float64.)
+    below = int(np.searchsorted(fm, int(np.floor(f * n_imp)), side="right")) - 1
     start = int(np.searchsorted(fm, fm[below], side="left")) if below >= 0 else 0
     cand = start + np.flatnonzero(imp_top[start:p] + gen_top[start:p])  # present values
     diff = np.abs(fm[cand] / n_imp - f)
@@ -167,9 +243,11 @@ def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False):
 
 def fixed_threshold(similarity, genuine, fmr: float) -> float:
   """Similarity threshold accepting at most floor(fmr·#impostors) impostors (accept: s > t)."""
-  imp = np.sort(np.asarray(similarity, np.float64)[~np.asarray(genuine, bool)])[::-1]
+  imp = np.asarray(similarity, np.float64)[~np.asarray(genuine, bool)]
   k = int(np.floor(fmr * len(imp)))
-  return float(imp[k]) if k < len(imp) else -np.inf
+  if k >= len(imp):
+    return -np.inf
+  return float(np.partition(imp, len(imp) - 1 - k)[len(imp) - 1 - k])  # (k+1)-th highest
 
 
 def discard_masks(quality, ratios):
@@ -204,8 +282,9 @@ def _fixed(similarity, genuine, quality, fmrs, ratios):
 
 
 def erc_auc(reject_ratios, fnmr, *, limit: float | None = None) -> float:
-  """Trapezoidal area under FNMR(reject ratio); with `limit`, only up to that ratio
-  (partial AUC, the curve linearly interpolated at the limit). NaN points are an error."""
+  """Trapezoidal area under FNMR(reject ratio) — the released script's AUC; with `limit`,
+  only up to that ratio (the curve linearly interpolated at the limit). NaN points are an
+  error. This is not fiqat's stepwise pAUC over the actual discard fraction: `edc_pauc`."""
   x = np.asarray(reject_ratios, np.float64)
   y = np.asarray(fnmr, np.float64)
   if x.shape != y.shape or x.ndim != 1:
@@ -219,3 +298,91 @@ def erc_auc(reject_ratios, fnmr, *, limit: float | None = None) -> float:
   if np.isnan(y).any():
     raise ValueError("FNMR has NaN points (a ratio left no genuine/impostor pairs)")
   return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+
+
+ERRORS = ("fnmr", "fmr")
+
+
+def fmr_threshold(similarity, genuine, fmr: float) -> float:
+  """The lowest threshold t at which at most floor(fmr·#non-mated) non-mated pairs have
+  similarity ≥ t: the float just above the (k+1)-th highest non-mated similarity (so
+  "similarity ≥ t" accepts exactly what `fixed_threshold`'s "similarity > t" accepts)."""
+  if not 0 < fmr < 1:
+    raise ValueError(f"fmr must lie in (0, 1), got {fmr}")
+  return float(np.nextafter(fixed_threshold(similarity, genuine, fmr), np.inf))
+
+
+def edc(similarity, genuine, quality, *, error: str = "fnmr", threshold: float | None = None,
+        fmr: float | None = None, starting_error: float | None = None):
+  """Error-versus-discard characteristic in fiqat's convention (module docstring).
+
+  Args:
+    similarity: [N] comparison scores (higher = more similar); accepted when ≥ threshold.
+    genuine: [N] bool, True for mated pairs.
+    quality: [N] pair quality (e.g. `reports.pair_quality`); the lowest levels go first.
+    error: "fnmr" (curve over the mated pairs) or "fmr" (over the non-mated pairs).
+    threshold / fmr / starting_error: exactly one sets the threshold — given explicitly;
+      `fmr_threshold` on the non-mated pairs; or fiqat's rule, the np.quantile of the
+      curve's own population's similarities at starting_error (FNMR) or 1 − starting_error
+      (FMR).
+  Returns:
+    (discard_fraction [L+1], error [L+1], threshold): with the population's M pairs sorted
+    by quality and d_0 = 0 < d_1 < … < d_{L-1} the positions where a new quality level
+    starts, discard_fraction = (d_i / M, …, 1) and error = (#errors among positions ≥ d_i /
+    (M − d_i), …, 0); L = number of distinct quality levels.
+  """
+  similarity, genuine, quality = _validate(similarity, genuine, quality, need_both=False)
+  if error not in ERRORS:
+    raise ValueError(f"error must be one of {ERRORS}, got {error!r}")
+  given = [k for k, v in (("threshold", threshold), ("fmr", fmr),
+                          ("starting_error", starting_error)) if v is not None]
+  if len(given) != 1:
+    raise ValueError(f"give exactly one of threshold, fmr, starting_error (got {given or 'none'})")
+  population = genuine if error == "fnmr" else ~genuine
+  if not population.any():
+    raise ValueError(f"no {'mated' if error == 'fnmr' else 'non-mated'} pairs for an "
+                     f"{error.upper()} EDC")
+  sim = similarity[population]
+  if threshold is not None:
+    t = float(threshold)
+    if np.isnan(t):
+      raise ValueError("threshold is NaN")
+  elif fmr is not None:
+    if genuine.all():
+      raise ValueError("fmr= needs non-mated pairs to set the threshold")
+    t = fmr_threshold(similarity, genuine, fmr)
+  else:
+    if not 0 <= starting_error <= 1:
+      raise ValueError(f"starting_error must lie in [0, 1], got {starting_error}")
+    t = float(np.quantile(sim, starting_error if error == "fnmr" else 1 - starting_error))
+  wrong = sim < t if error == "fnmr" else sim >= t
+  order = np.argsort(quality[population], kind="stable")
+  q = quality[population][order]
+  m = len(q)
+  errors_from = np.cumsum(wrong[order][::-1])[::-1]  # errors at sorted positions ≥ i
+  starts = np.r_[0, np.flatnonzero(q[1:] != q[:-1]) + 1]
+  x = np.r_[starts / m, 1.0]
+  y = np.r_[errors_from[starts] / (m - starts), 0.0]
+  return x, y, t
+
+
+def edc_pauc(discard_fraction, error, limit: float = 0.2, *, subtract_best: bool = False) -> float:
+  """Stepwise partial area under an EDC from 0 to `limit` (fiqat's pAUC):
+  Σ_i error_i · max(0, min(x_{i+1}, limit) − x_i), the last point extending to the limit.
+  With `subtract_best`, minus the area under the theoretical best curve max(0, e0 − x):
+  e0²/2 − max(0, e0 − limit)²/2, e0 = error[0]."""
+  x = np.asarray(discard_fraction, np.float64)
+  y = np.asarray(error, np.float64)
+  if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
+    raise ValueError(f"discard_fraction {x.shape} and error {y.shape} must be equal, "
+                     "non-empty 1-D shapes")
+  if not 0 <= limit <= 1:
+    raise ValueError(f"limit must lie in [0, 1], got {limit}")
+  if not np.isfinite(y).all() or (np.diff(x) < 0).any():
+    raise ValueError("error must be finite and discard_fraction non-decreasing")
+  right = np.minimum(np.r_[x[1:], np.inf], limit)
+  area = float(np.sum(y * np.maximum(right - x, 0.0))) if limit > 0 else 0.0
+  if subtract_best:
+    e0 = y[0]
+    area -= e0 ** 2 / 2 - max(0.0, e0 - limit) ** 2 / 2
+  return area

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from crfiqa_jax import erc
+from crfiqa_jax import erc, reports
+from crfiqa_jax.reports import FMRS, erc_table, plot_erc, random_pair_qualities
 
 log = logging.getLogger(__name__)
-
-FMRS = {"1e-2": 1e-2, "1e-3": 1e-3, "1e-4": 1e-4}
 
 
 def cosine(features: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -51,101 +50,24 @@ def spearman(x, y) -> float:
   return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def erc_table(similarity, genuine, pair_qualities: dict[str, np.ndarray], *,
-              fmrs=("1e-2", "1e-3"), modes=erc.MODES, reject_ratios=None,
-              discard_limit: float | None = None) -> dict:
-  """{mode: {fmr: {method: {"fnmr": [...], "auc": float[, "pauc": float]}}}}.
-
-  A method named "random" may map to a list of per-pair quality arrays: its FNMRs and AUCs
-  are the means over those orderings.
-  """
-  ratios = erc.RELEASED_RATIOS if reject_ratios is None else np.asarray(reject_ratios)
-  out = {}
-  for mode in modes:
-    out[mode] = {}
-    for f in fmrs:
-      out[mode][f] = {}
-      for name, q in pair_qualities.items():
-        runs = q if isinstance(q, list) else [q]
-        fnmrs = np.array([erc.error_versus_reject(similarity, genuine, r, fmr=FMRS[f],
-                                                  reject_ratios=ratios, threshold=mode)
-                          for r in runs])
-        # Ratios that leave no genuine (or impostor) pair have no FNMR: the AUC then covers
-        # the defined prefix only, and says up to where.
-        nan = np.isnan(fnmrs).any(0)
-        m = int(np.argmax(nan)) if nan.any() else len(ratios)
-        res = {"fnmr": [None if np.isnan(v) else float(v) for v in fnmrs.mean(0)],
-               "auc": float(np.mean([erc.erc_auc(ratios[:m], x[:m]) for x in fnmrs]))
-               if m > 1 else float("nan")}
-        if m < len(ratios):
-          res["auc_up_to_ratio"] = float(ratios[m - 1]) if m else 0.0
-          log.warning("%s FMR=%s %s: no FNMR beyond reject ratio %.2f (too few pairs left)",
-                      mode, f, name, ratios[max(m - 1, 0)])
-        if discard_limit is not None:
-          lim = min(discard_limit, ratios[m - 1]) if m else 0.0
-          res["pauc"] = float(np.mean([erc.erc_auc(ratios[:m], x[:m], limit=lim)
-                                       for x in fnmrs]))
-        out[mode][f][name] = res
-  return out
-
-
-def random_pair_qualities(n_images: int, a, b, *, orderings: int = 5, seed: int = 0):
-  """Per-pair qualities (min of the two images) of `orderings` random image orderings."""
-  rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(orderings):
-    r = rng.random(n_images)
-    out.append(np.minimum(r[a], r[b]))
-  return out
-
-
-_STYLES = {"learned": ("tab:blue", "-"), "oracle": ("tab:green", "--"),
-           "random": ("tab:gray", ":")}
-
-
-def _panel(ax, results: dict, title: str, ratios):
-  for name, res in results.items():
-    colour, ls = _STYLES.get(name, (None, "-"))
-    y = np.array([np.nan if v is None else v for v in res["fnmr"]])
-    ax.plot(100 * ratios, y, ls, color=colour, label=f"{name} (AUC {res['auc']:.4f})")
-  ax.set_title(title, fontsize=10)
-  ax.set_xlabel("Ratio of unconsidered pairs [%]")
-  ax.set_ylabel("FNMR")
-  ax.set_xlim(0, 100 * ratios[-1])
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-
-
-def plot_erc(table: dict, path: Path, *, title: str, reject_ratios=None):
-  """One panel per (mode, FMR) of `table` ({mode: {fmr: {method: {fnmr, auc}}}}): FNMR vs
-  ratio of unconsidered pairs, a line per quality method."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  ratios = erc.RELEASED_RATIOS if reject_ratios is None else np.asarray(reject_ratios)
-  panels = [(m, f) for m in table for f in table[m]]
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-  for ax, (mode, f) in zip(axes[0], panels):
-    _panel(ax, table[mode][f], f"FMR={f}, threshold {mode}", ratios)
-  fig.suptitle(title, fontsize=11)
-  fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def synthetic_report(features, quality, labels, severity, *, out_dir: Path, train_steps: int,
                      wall_seconds: float, kinds=None, random_orderings: int = 5,
-                     seed: int = 0) -> dict:
-  """The demo's held-out evaluation: all pairs, learned vs random vs oracle (true severity)."""
+                     seed: int = 0, pair_quality: str = "min") -> dict:
+  """The demo's held-out evaluation: all pairs, learned vs random vs oracle (true severity).
+
+  metrics.json carries both tables (crfiqa_jax.reports): "released" (the CR-FIQA paper's
+  ERC; its AUCs also as "erc_auc", its FNMRs as "erc_fnmr") and "standard" (fiqat's EDC).
+  """
   a, b, genuine = all_pairs(labels)
   sim = cosine(features, a, b)
-  pair_q = np.minimum(quality[a], quality[b])
-  oracle = -np.maximum(severity[a], severity[b])
+  pair_q = reports.pair_quality(quality[a], quality[b], pair_quality)
+  oracle = -np.maximum(severity[a], severity[b])  # the worse image of the pair
   methods = {"learned": pair_q, "oracle": oracle,
              "random": random_pair_qualities(len(labels), a, b, orderings=random_orderings,
-                                             seed=seed)}
+                                             seed=seed, how=pair_quality)}
   table = erc_table(sim, genuine, methods)
+  standard, curves = reports.standard_table(sim, genuine, methods, context="demo: ")
+  standard["pair_quality"] = pair_quality
   metrics = {
       "spearman_quality_vs_severity": spearman(quality, severity),
       "spearman_by_kind": ({k: spearman(quality[kinds == k], severity[kinds == k])
@@ -155,6 +77,7 @@ def synthetic_report(features, quality, labels, severity, *, out_dir: Path, trai
       "erc_fnmr": {mode: {f: {m: table[mode][f][m]["fnmr"] for m in table[mode][f]}
                           for f in table[mode]} for mode in table},
       "reject_ratios": erc.RELEASED_RATIOS.tolist(),
+      "released": table, "standard": standard,
       "num_pairs": int(len(sim)), "num_genuine_pairs": int(genuine.sum()),
       "num_images": int(len(labels)), "num_identities": int(len(np.unique(labels))),
       "train_steps": int(train_steps), "wall_seconds": float(wall_seconds),
@@ -166,9 +89,10 @@ def synthetic_report(features, quality, labels, severity, *, out_dir: Path, trai
       f.write(f"{i},{labels[i]},{quality[i]:.6f},{severity[i]:.6f}"
               + (f",{kinds[i]}" if kinds is not None else "") + "\n")
   (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-  plot_erc(table, out_dir / "erc.png",
-           title=f"Held-out synthetic identities: {len(sim):,} pairs "
-                 f"({int(genuine.sum()):,} genuine)")
+  title = (f"Held-out synthetic identities: {len(sim):,} pairs "
+           f"({int(genuine.sum()):,} genuine)")
+  plot_erc(table, out_dir / "erc.png", title=title)
+  reports.plot_standard(standard, curves, out_dir / "edc.png", title=title)
   return metrics
 
 
@@ -241,9 +165,13 @@ def _spec(s: str) -> tuple[str, str]:
 
 def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_dir: Path, *,
                fmrs=("1e-2", "1e-3", "1e-4"), modes=erc.MODES, arch: str | None = None,
-               discard_limit: float | None = None, batch_size: int = 64) -> dict:
-  """Evaluates every quality source with every FR source on every benchmark; writes one PNG
-  per benchmark × FR × FMR × mode, results.json and auc_table.csv into `out_dir`."""
+               discard_limit: float | None = None, batch_size: int = 64,
+               pair_quality: str = "min", standard_fmrs=reports.STANDARD_FMRS) -> dict:
+  """Evaluates every quality source with every FR source on every benchmark; writes into
+  `out_dir` results.json with both tables (crfiqa_jax.reports: "erc" = released, "standard"
+  = fiqat's EDC), auc_table.csv (released AUCs), pauc_table.csv (standard pAUC@0.2, raw and
+  minus the theoretical best) and a PNG per benchmark × FR × FMR × mode (released) and per
+  benchmark × FR × FMR (standard)."""
   from crfiqa_jax import inference
   from crfiqa_jax import pairsets as bm
   out_dir = Path(out_dir)
@@ -298,9 +226,10 @@ def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_
       keep = ok_img[bench.a] & ok_img[bench.b]
       a, b, gen = bench.a[keep], bench.b[keep], bench.genuine[keep]
       sim = cosine(feats, a, b)
-      methods = {k: np.minimum(q[a], q[b]) for k, q in per_image_q.items()}
+      methods = {k: reports.pair_quality(q[a], q[b], pair_quality)
+                 for k, q in per_image_q.items()}
       if any(_spec(q)[1] == "random" for q in qualities):
-        methods["random"] = random_pair_qualities(n, a, b)
+        methods["random"] = random_pair_qualities(n, a, b, how=pair_quality)
       n_imp = int((~gen).sum())
       usable = [f for f in fmrs if n_imp * FMRS[f] >= 1]
       for f in set(fmrs) - set(usable):
@@ -308,51 +237,30 @@ def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_
                     fr_name, n_imp, f)
       table = erc_table(sim, gen, methods, fmrs=usable, modes=modes,
                         discard_limit=discard_limit)
+      where = f"{bench.name}/{fr_name}: "
+      standard, curves = reports.standard_table(sim, gen, methods, fmrs=standard_fmrs,
+                                                context=where)
       results[bench.name][fr_name] = {
           "pairs_used": int(keep.sum()), "pairs_total": int(len(keep)),
-          "genuine_used": int(gen.sum()), "impostor_used": n_imp, "erc": table}
+          "genuine_used": int(gen.sum()), "impostor_used": n_imp, "erc": table,
+          "standard": standard}
       log.info("%s / %s: %d of %d pairs have every quality and both embeddings", bench.name,
                fr_name, int(keep.sum()), len(keep))
       for mode in table:
         for f in table[mode]:
-          _single_plot(table[mode][f], out_dir / bench.name / f"{fr_name}_FMR{f}_{mode}.png",
-                       f"{bench.name} ({fr_name}), FMR={f}, threshold {mode}")
+          reports.plot_erc_single(table[mode][f],
+                                  out_dir / bench.name / f"{fr_name}_FMR{f}_{mode}.png",
+                                  f"{bench.name} ({fr_name}), FMR={f}, threshold {mode}")
+      for f in curves:
+        reports.plot_edc_single(
+            standard["fmr"][f], curves[f], out_dir / bench.name / f"{fr_name}_FMR{f}_edc.png",
+            f"{bench.name} ({fr_name}), FNMR-EDC at FMR={f}", standard["limit"])
   (out_dir / "results.json").write_text(json.dumps(
       {"reject_ratios": erc.RELEASED_RATIOS.tolist(), "discard_limit": discard_limit,
-       "benchmarks": results}, indent=1))
-  _auc_table(results, out_dir / "auc_table.csv")
+       "pair_quality": pair_quality, "benchmarks": results}, indent=1))
+  reports.write_auc_table(results, out_dir / "auc_table.csv")
+  reports.write_pauc_table(results, out_dir / "pauc_table.csv")
   return results
-
-
-def _single_plot(results: dict, path: Path, title: str):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5.5, 4.2))
-  _panel(ax, results, title, erc.RELEASED_RATIOS)
-  fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def _auc_table(results: dict, path: Path):
-  """Rows: quality methods; columns: benchmark/FR/mode/FMR — the paper's Table 1 layout."""
-  cols, cells = [], {}
-  for bench, by_fr in results.items():
-    for fr, r in by_fr.items():
-      for mode, by_f in r["erc"].items():
-        for f, by_m in by_f.items():
-          col = f"{bench}/{fr}/{mode}/FMR={f}"
-          cols.append(col)
-          for m, v in by_m.items():
-            cells[(m, col)] = v["auc"]
-  methods = sorted({m for m, _ in cells})
-  with open(path, "w") as fh:
-    fh.write("method," + ",".join(cols) + "\n")
-    for m in methods:
-      fh.write(m + "," + ",".join(f"{cells[(m, c)]:.6f}" if (m, c) in cells else ""
-                                  for c in cols) + "\n")
 
 
 def main(argv=None) -> int:
@@ -372,8 +280,11 @@ def main(argv=None) -> int:
   p.add_argument("--fmr", default="1e-2,1e-3,1e-4")
   p.add_argument("--modes", default="recomputed,fixed")
   p.add_argument("--discard-limit", type=float, default=None,
-                 help="also report the partial AUC up to this reject ratio")
+                 help="also report the released-grid trapezoidal partial AUC up to this "
+                      "reject ratio (the standard table always has pAUC@0.2)")
   p.add_argument("--arch", default=None, help="architecture of .pth checkpoints")
+  p.add_argument("--pair-quality", default="min", choices=reports.PAIR_QUALITY,
+                 help="pair quality from the two images' qualities")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
@@ -386,11 +297,13 @@ def main(argv=None) -> int:
     return 2
   try:
     run_report(args.benchmark, args.quality, args.fr, Path(args.out), fmrs=fmrs,
-               modes=args.modes.split(","), arch=args.arch, discard_limit=args.discard_limit)
+               modes=args.modes.split(","), arch=args.arch, discard_limit=args.discard_limit,
+               pair_quality=args.pair_quality)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"wrote {args.out}/results.json, auc_table.csv and plots", file=sys.stderr)
+  print(f"wrote {args.out}/results.json, auc_table.csv, pauc_table.csv and plots",
+        file=sys.stderr)
   return 0
 
 

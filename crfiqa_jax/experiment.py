@@ -100,6 +100,10 @@ def print_summary(m: dict, out_dir: Path):
       lines.append(f"  ERC AUC [{mode:10s} FMR={f}] learned {r['learned']:.4f}  random "
                    f"{r['random']:.4f}  oracle {r['oracle']:.4f}  → {100 * gain:.0f}% below "
                    "random")
+  for f, by_m in m.get("standard", {}).get("fmr", {}).items():
+    r = {k: by_m[k] for k in ("learned", "random", "oracle") if k in by_m}
+    lines.append(f"  EDC pAUC@{m['standard']['limit']} [standard   FMR={f}] " + "  ".join(
+        f"{k} {v['pauc']:.4f} (−best {v['pauc_minus_best']:.4f})" for k, v in r.items()))
   lines.append(f"  Lower AUC = rejecting the lowest-quality pairs removes more errors. "
                f"Plot: {out_dir / 'erc.png'}; numbers: {out_dir / 'metrics.json'}")
   print("\n".join(lines), flush=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crfiqa_jax import erc
+from crfiqa_jax import erc, reports
 from crfiqa_jax.faces import ARCFACE_TEMPLATE, align, similarity_transform  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,10 @@ def tar_at_far(scores: np.ndarray, genuine: np.ndarray, fars=FARS) -> dict[str, 
   return out
 
 
-def verify(features, quality, template_ids, media_ids, pairs, labels, *, weighted=True):
-  """Scores of template pairs, TAR@FAR, and per-pair quality (min over both templates)."""
+def verify(features, quality, template_ids, media_ids, pairs, labels, *, weighted=True,
+           pair_quality="min"):
+  """Scores of template pairs, TAR@FAR, and per-pair quality (template quality = min over
+  its images; pair = `reports.pair_quality` of the two templates', min by default)."""
   w = minmax(quality) if weighted else np.ones(len(features))
   tpl, tfeat = template_features(features, w, template_ids, media_ids)
   pos = {t: i for i, t in enumerate(tpl)}
@@ -106,7 +108,7 @@ def verify(features, quality, template_ids, media_ids, pairs, labels, *, weighte
   scores = np.einsum("ij,ij->i", tfeat[ia], tfeat[ib])
   tq = np.full(len(tpl), np.inf)
   np.minimum.at(tq, np.searchsorted(tpl, template_ids), quality)
-  return scores, tar_at_far(scores, labels), np.minimum(tq[ia], tq[ib])
+  return scores, tar_at_far(scores, labels), reports.pair_quality(tq[ia], tq[ib], pair_quality)
 
 
 def main(argv=None) -> int:
@@ -119,6 +121,7 @@ def main(argv=None) -> int:
   p.add_argument("--out", required=True)
   p.add_argument("--arch", default=None)
   p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--pair-quality", default="min", choices=reports.PAIR_QUALITY)
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   try:
@@ -144,7 +147,8 @@ def main(argv=None) -> int:
                                   desc="IJB-C quality")[1]
     result = {}
     for name, weighted in (("unweighted", False), ("quality_weighted", True)):
-      scores, tar, pair_q = verify(feats, quality, tids, mids, pairs, labels, weighted=weighted)
+      scores, tar, pair_q = verify(feats, quality, tids, mids, pairs, labels, weighted=weighted,
+                                    pair_quality=args.pair_quality)
       result[name] = {"tar_at_far": tar}
   except (ValueError, FileNotFoundError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -109,3 +109,16 @@ def test_recomputed_window_fallback_on_plateaus():
   fmrs = (1e-2, 1e-3)
   np.testing.assert_array_equal(erc.error_versus_reject(sim, gen, qual, fmr=fmrs),
                                 released_erc(sim, gen, qual, fmrs))
+
+
+def test_recomputed_top_set_deepened_when_high_impostors_go_first():
+  # The highest-scoring impostors have the lowest qualities, so discarding empties the top
+  # of the score range and the operating points move deep: the top set must be deepened.
+  rng = np.random.default_rng(6)
+  n = 20000
+  gen = rng.random(n) < 0.2
+  sim = np.clip(np.where(gen, rng.normal(0.4, 0.25, n), rng.normal(0.0, 0.2, n)), -1, 1)
+  qual = np.where(gen, rng.normal(size=n), -sim)
+  fmrs = (1e-2, 1e-3)
+  np.testing.assert_array_equal(erc.error_versus_reject(sim, gen, qual, fmr=fmrs),
+                                released_erc(sim, gen, qual, fmrs))

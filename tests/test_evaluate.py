@@ -67,6 +67,30 @@ def test_runner_hand_computed(bench):
   assert sorted(row.split(",")[0] for row in table[1:]) == ["cr", "random"]
   saved = json.loads((tmp / "out" / "results.json").read_text())
   assert saved["benchmarks"]["toy"]["arc"]["pairs_used"] == 120
+  # 112 impostors: floor(1e-3·112) = 0, so the standard table skips both of its FMRs.
+  assert set(r["standard"]["skipped"]) == {"1e-3", "1e-4"} and r["standard"]["fmr"] == {}
+
+
+@pytest.mark.parametrize("how", ["min", "product"])
+def test_standard_table_hand_computed(bench, how):
+  root, tmp = bench
+  res = evaluate.run_report([f"toy={root}"], [f"cr={tmp / 'q.csv'}", "random=random"],
+                            [f"arc={tmp / 'fr.npz'}"], tmp / "out", fmrs=["1e-2"],
+                            standard_fmrs=["1e-2"], pair_quality=how)
+  std = res["toy"]["arc"]["standard"]
+  # k = floor(1e-2·112) = 1; the two highest impostors tie at 0.8, so the threshold is the
+  # float just above 0.8 and only the 0.6 genuine pair (0, 1) is rejected: e0 = 1/8. Its
+  # pair quality (0.1 with min, 0.1·1.0 with product) is the lowest of 8 distinct mated
+  # levels: x = 0, 1/8, …, y = 1/8, 0, …; pAUC@0.2 = 1/8·1/8, best = (1/8)²/2.
+  cr = std["fmr"]["1e-2"]["cr"]
+  assert cr["threshold"] == np.nextafter(0.8, 1)
+  assert cr["starting_fnmr"] == 1 / 8
+  assert cr["pauc"] == pytest.approx(1 / 64) and cr["pauc_minus_best"] == pytest.approx(1 / 128)
+  assert std["fmr"]["1e-2"]["random"]["starting_fnmr"] == 1 / 8
+  assert (tmp / "out" / "toy" / "arc_FMR1e-2_edc.png").stat().st_size > 5000
+  rows = (tmp / "out" / "pauc_table.csv").read_text().splitlines()
+  assert rows[0] == "method,toy/arc/FMR=1e-2/pauc@0.2,toy/arc/FMR=1e-2/pauc@0.2-best"
+  assert rows[1] == "cr,0.015625,0.007812"
 
 
 def test_pairs_without_quality_are_left_out_and_counted(bench):
@@ -99,3 +123,7 @@ def test_cli_errors_are_clear(bench, capsys):
   assert rc == 2 and "not finite" in capsys.readouterr().err
   assert evaluate.main([f"--benchmark={root}", "--quality=random", f"--fr={tmp / 'fr.npz'}",
                         f"--out={tmp / 'o'}", "--fmr=1e-5"]) == 2
+  with pytest.raises(SystemExit):
+    evaluate.main([f"--benchmark={root}", "--quality=random", f"--fr={tmp / 'fr.npz'}",
+                   f"--out={tmp / 'o'}", "--pair-quality=mean"])
+  assert "invalid choice: 'mean'" in capsys.readouterr().err
