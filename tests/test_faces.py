@@ -188,3 +188,18 @@ def test_score_detect_from_raw_photos(tiny_model, tmp_path, capsys):
   assert score.main([f"--checkpoint={ckpt}", f"--input={photos}", f"--output={out}",
                      "--all-faces"]) == 2
   assert "need --detect" in capsys.readouterr().err
+
+
+@needs_detect
+def test_large_photo_is_searched_shrunk_and_aligned_at_full_size():
+  """obama2 upscaled 6× (3840×2004): found on the copy shrunk to 1280 px, points 6× the
+  original's within 4 original pixels (MTCNN's integer points move between scales), and
+  the crop matches the small photo's."""
+  small = faces.load_photo(PHOTOS / "obama2.jpg")
+  big = np.asarray(Image.fromarray(small).resize((small.shape[1] * 6, small.shape[0] * 6),
+                                                 Image.BILINEAR))
+  _, _, m_small = faces.detect_faces(small)
+  _, _, m_big = faces.detect_faces(big)
+  assert len(m_big) == 1 and np.abs(m_big[0] - 6 * m_small[0]).max() <= 24
+  crop_small, (crop_big,) = faces.align(small, m_small[0]), faces.aligned_faces(big)
+  assert np.abs(crop_big.astype(float) - crop_small).mean() < 16  # a 3 px shift: ~11
