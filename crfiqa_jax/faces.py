@@ -98,8 +98,8 @@ def detect_faces(image: np.ndarray, *, min_face_size: int = 20, max_side: int | 
   A photo whose longest side exceeds max_side is searched on a copy shrunk to max_side
   (coordinates scaled back to the full image, which `align` then samples): MTCNN's image
   pyramid made a 7.7-megapixel photo take 22 s here, shrinking and searching the copy 2 s
-  (shared 2-core CPU). Faces
-  smaller than min_face_size × (longest side / max_side) pixels are then not searched.
+  (shared 2-core CPU). Faces smaller than min_face_size × (longest side / max_side)
+  pixels are then not searched.
   """
   image = np.ascontiguousarray(image)
   if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
