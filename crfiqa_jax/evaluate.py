@@ -264,14 +264,18 @@ def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_
 
 
 def main(argv=None) -> int:
-  import argparse
   import sys
-  p = argparse.ArgumentParser(
-      prog="python -m crfiqa_jax.evaluate",
-      description="ERC reports: quality methods × FR models × benchmarks (REFERENCE §6).",
-      epilog="Sources are NAME=PATH. Quality PATH: a checkpoint (workdir, exported dir, .pth), "
-             "a scores CSV, 'random' or 'oracle'. FR PATH: a checkpoint, an .npz of "
-             "embeddings keyed by image path, a folder of KEY.npy files, or 'dlib'.")
+
+  from crfiqa_jax import cli
+  p = cli.parser(
+      "crfiqa_jax.evaluate",
+      "ERC/EDC reports: quality methods × FR models × benchmarks, in the released CR-FIQA "
+      "convention and the standard (fiqat) one (REFERENCE §6).\n\nSources are NAME=PATH. "
+      "Quality PATH: a checkpoint (workdir, exported dir, .pth, .onnx), a scores CSV, "
+      "'random' or 'oracle'. FR PATH: a checkpoint, an .npz of embeddings keyed by image "
+      "path, a folder of KEY.npy files, or 'dlib'.",
+      "python -m crfiqa_jax.evaluate --benchmark=lfw=data/lfw --quality=crfiqa=crfiqa_l \\\n"
+      "    --quality=random=random --fr=arcface=arcface_emb.npz --out=reports/")
   p.add_argument("--benchmark", action="append", required=True,
                  help="prepared dataset folder or folder with pairs.txt (NAME=PATH)")
   p.add_argument("--quality", action="append", required=True)
@@ -286,25 +290,21 @@ def main(argv=None) -> int:
   p.add_argument("--pair-quality", default="min", choices=reports.PAIR_QUALITY,
                  help="pair quality from the two images' qualities")
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  cli.quiet_logging()
   fmrs = [f.strip() for f in args.fmr.split(",")]
-  bad = [f for f in fmrs if f not in FMRS] + [m for m in args.modes.split(",")
-                                              if m not in erc.MODES]
-  if bad:
-    print(f"error: unknown FMR/mode {bad}; FMRs {sorted(FMRS)}, modes {erc.MODES}",
-          file=sys.stderr)
-    return 2
-  try:
+
+  def body():
+    bad = [f for f in fmrs if f not in FMRS] + [m for m in args.modes.split(",")
+                                                if m not in erc.MODES]
+    if bad:
+      raise ValueError(f"unknown FMR/mode {bad}; FMRs {sorted(FMRS)}, modes {erc.MODES}")
     run_report(args.benchmark, args.quality, args.fr, Path(args.out), fmrs=fmrs,
                modes=args.modes.split(","), arch=args.arch, discard_limit=args.discard_limit,
                pair_quality=args.pair_quality)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(f"wrote {args.out}/results.json, auc_table.csv, pauc_table.csv and plots",
-        file=sys.stderr)
-  return 0
+    print(f"wrote {args.out}/results.json, auc_table.csv, pauc_table.csv and plots",
+          file=sys.stderr)
+
+  return cli.run(body)
 
 
 if __name__ == "__main__":
