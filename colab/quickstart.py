@@ -43,6 +43,8 @@ if "google.colab" in sys.modules:
 import os
 
 SMOKE = os.environ.get("CRFIQA_NOTEBOOK_SMOKE") == "1"
+# The commands below run with this notebook's Python (its venv, if any).
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
 WORKDIR = os.path.abspath("crfiqa_quickstart")
 # Smoke mode: a few identities, a few steps (CI runs every notebook on a 2-core CPU).
 TINY = ("--config.synthetic.identities=16 --config.synthetic.per_identity=8 "
@@ -61,7 +63,7 @@ print("smoke mode" if SMOKE else "full demo", "→", WORKDIR)
 
 # %%
 # %%bash
-python -m crfiqa_jax.main --config=demo --workdir="$WORKDIR" $DEMO_FLAGS
+python3 -m crfiqa_jax.main --config=demo --workdir="$WORKDIR" $DEMO_FLAGS
 
 # %% [markdown]
 # ## Training curves

@@ -44,6 +44,8 @@ import os
 from pathlib import Path
 
 SMOKE = os.environ.get("CRFIQA_NOTEBOOK_SMOKE") == "1"
+# The commands below run with this notebook's Python (its venv, if any).
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
 PHOTOS = Path("my_photos").absolute()
 WEIGHTS = ""            # e.g. "/content/181952backbone.pth"
 OUT = Path("scored").absolute()
@@ -86,7 +88,7 @@ MODEL = OUT / "model"
 os.environ.update(MODEL=str(MODEL), WEIGHTS=WEIGHTS, PHOTOS=str(PHOTOS), OUT=str(OUT))
 if WEIGHTS:
   if not (MODEL / "model.json").exists():
-    # !python -m crfiqa_jax.convert --torch="$WEIGHTS" --out="$MODEL"
+    # !python3 -m crfiqa_jax.convert --torch="$WEIGHTS" --out="$MODEL"
   assert (MODEL / "model.json").exists(), f"converting {WEIGHTS} failed (see above)"
 else:
   import jax
@@ -110,7 +112,7 @@ print(open(MODEL / "model.json").read())
 # %%
 # %%bash
 set -e  # exit code 1 (some photos without a face) is fine; 2 (an error) stops here
-python -m crfiqa_jax.score --checkpoint="$MODEL" --input="$PHOTOS" --output="$OUT/q.csv" \
+python3 -m crfiqa_jax.score --checkpoint="$MODEL" --input="$PHOTOS" --output="$OUT/q.csv" \
     --detect --save-aligned="$OUT/aligned" || [ $? -eq 1 ]
 head -n 20 "$OUT/q.csv"
 

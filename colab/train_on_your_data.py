@@ -49,6 +49,8 @@ import os
 from pathlib import Path
 
 SMOKE = os.environ.get("CRFIQA_NOTEBOOK_SMOKE") == "1"
+# The commands below run with this notebook's Python (its venv, if any).
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
 IMAGES = Path("my_faces").absolute()
 REC = ""                 # e.g. "/content/faces_webface_112x112"
 BENCH_BIN = ""           # e.g. "/content/faces_webface_112x112/lfw.bin"
@@ -86,9 +88,9 @@ print(sum(1 for _ in IMAGES.rglob("*.jpg")) if IMAGES.exists() else 0, "images i
 # %%bash
 set -e
 if [ -n "$REC" ]; then
-  python -m crfiqa_jax.prepare insightface "$REC" "$DATA"
+  python3 -m crfiqa_jax.prepare insightface "$REC" "$DATA"
 else
-  python -m crfiqa_jax.prepare folder "$IMAGES" "$DATA" --image-size="$SIZE"
+  python3 -m crfiqa_jax.prepare folder "$IMAGES" "$DATA" --image-size="$SIZE"
 fi
 
 # %% [markdown]
@@ -96,7 +98,7 @@ fi
 
 # %%
 # %%bash
-python -c "
+python3 -c "
 import jax
 from crfiqa_jax import sharding
 print(jax.devices())
@@ -111,7 +113,7 @@ print(sharding.make_mesh())
 
 # %%
 # %%bash
-python -m crfiqa_jax.main --config=small --workdir="$RUN" --config.data_dir="$DATA" $TRAIN_FLAGS
+python3 -m crfiqa_jax.main --config=small --workdir="$RUN" --config.data_dir="$DATA" $TRAIN_FLAGS
 
 # %% [markdown]
 # ## 4. A benchmark
@@ -123,9 +125,9 @@ python -m crfiqa_jax.main --config=small --workdir="$RUN" --config.data_dir="$DA
 # %%bash
 set -e
 if [ -n "$BENCH_BIN" ]; then
-  python -m crfiqa_jax.prepare bin "$BENCH_BIN" "$BENCH"
+  python3 -m crfiqa_jax.prepare bin "$BENCH_BIN" "$BENCH"
 elif [ ! -e "$BENCH" ]; then
-  python -m crfiqa_jax.prepare synthetic "$BENCH" --identities=2 --per-identity=2 \
+  python3 -m crfiqa_jax.prepare synthetic "$BENCH" --identities=2 --per-identity=2 \
       --image-size="$SIZE" --seed=1 $BENCH_FLAGS
 fi
 
@@ -137,7 +139,7 @@ fi
 
 # %%
 # %%bash
-python -m crfiqa_jax.evaluate --benchmark=bench="$BENCH" --quality=crfiqa="$RUN" \
+python3 -m crfiqa_jax.evaluate --benchmark=bench="$BENCH" --quality=crfiqa="$RUN" \
     --quality=random=random --quality=oracle=oracle --fr=self="$RUN" \
     --out="$REPORT" --fmr=1e-2,1e-3
 
