@@ -12,7 +12,7 @@ minutes on a 2-core CPU; see the README for the figures measured there.
 
 import ml_collections
 
-from configs import base
+from crfiqa_jax.configs import base
 
 
 def get_config():

@@ -8,7 +8,7 @@ per-class running CCS weights and an augmented copy of every batch for the quali
 (README, "IG-FIQA"). Each step runs the backbone twice.
 """
 
-from configs import large
+from crfiqa_jax.configs import large
 
 
 def get_config():

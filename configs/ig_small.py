@@ -8,7 +8,7 @@ for the quality branch (README, "IG-FIQA"); everything else as configs/small.py.
 runs the backbone twice (clean + augmented), so it costs about twice a CR-FIQA step.
 """
 
-from configs import small
+from crfiqa_jax.configs import small
 
 
 def get_config():

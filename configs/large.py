@@ -17,7 +17,7 @@ pass --config.num_epochs=18 (the schedule is unchanged: no decay falls in epochs
 For millions of identities add --config.shard_centres=true.
 """
 
-from configs import base
+from crfiqa_jax.configs import base
 
 
 def get_config():

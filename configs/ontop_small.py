@@ -12,7 +12,7 @@ A plain ArcFace backbone without a `qs` layer is accepted; the head then starts 
 lr 0.01 (the paper), the same schedule as configs/small.py.
 """
 
-from configs import small
+from crfiqa_jax.configs import small
 
 
 def get_config():

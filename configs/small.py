@@ -14,7 +14,7 @@ On 4 A100s roughly a day. Quality = the `qs` output; evaluate with
 `python -m crfiqa_jax.evaluate`.
 """
 
-from configs import base
+from crfiqa_jax.configs import base
 
 
 def get_config():

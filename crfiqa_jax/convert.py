@@ -367,8 +367,7 @@ def load_model(path: str | Path, arch: str | None = None, *, qs_optional: bool =
     variables = {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
     info = {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
             "image_size": cfg["image_size"], "source": f"{path} step {step}",
-            "centres": np.asarray(state["params"]["centres"]),
-            "shard_centres": bool(cfg.get("shard_centres", False))}
+            "step": int(step), "config": cfg, "centres": state["params"]["centres"]}
     return (models.create_model(cfg["model"], embedding_dim=cfg["embedding_dim"]), variables,
             info)
   raise FileNotFoundError(f"{path} is neither a .pth file, an exported model (model.json) nor "

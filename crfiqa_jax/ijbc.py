@@ -142,7 +142,8 @@ def verify(features, quality, template_ids, media_ids, pairs, labels, *, weighte
 
 
 def main(argv=None) -> int:
-  from crfiqa_jax import benchmarks as bm
+  from crfiqa_jax import inference
+  from crfiqa_jax import pairsets as bm
   p = argparse.ArgumentParser(prog="python -m crfiqa_jax.ijbc", description=__doc__.split("\n\n")[0])
   p.add_argument("--root", required=True)
   p.add_argument("--fr", required=True, help="checkpoint, or .npz of image-sum embeddings")
@@ -155,22 +156,24 @@ def main(argv=None) -> int:
   try:
     root = Path(args.root)
     names, tids, mids, pairs, labels = read_meta(root)
-    images = None
+    source = None  # decoded and aligned on demand, streamed, when a model is asked for
     if any(Path(s).suffix not in (".npz", ".csv", ".txt") for s in (args.fr, args.quality)):
-      images = _aligned_images(root, names)
-    from crfiqa_jax.score import Scorer
+      source = aligned_source(root, names)
     if Path(args.fr).suffix == ".npz":
       emb = bm.load_embeddings(args.fr)
       feats = np.stack([emb[bm.canonical(n)] for n in names])
     else:
-      f2 = Scorer.from_checkpoint(args.fr, args.arch, batch_size=args.batch_size).embed(images)[0]
+      f2 = inference.extract(inference.load_predictor(args.fr, args.arch), source,
+                             batch_size=args.batch_size, dtype=np.float16, desc="IJB-C FR")[0]
       d = f2.shape[1] // 2
-      feats = f2[:, :d] + f2[:, d:]  # emb(img) + emb(flip), each L2-normalised
+      feats = f2[:, :d].astype(np.float32) + f2[:, d:]  # emb(img) + emb(flip), each L2-normalised
     if Path(args.quality).suffix in (".csv", ".txt"):
       qt = bm.load_quality_csv(args.quality)
       quality = np.array([qt[bm.canonical(n)] for n in names])
     else:
-      quality = Scorer.from_checkpoint(args.quality, args.arch, batch_size=args.batch_size)(images)
+      quality = inference.extract(inference.load_predictor(args.quality, args.arch), source,
+                                  features="none", batch_size=args.batch_size,
+                                  desc="IJB-C quality")[1]
     result = {}
     for name, weighted in (("unweighted", False), ("quality_weighted", True)):
       scores, tar, pair_q = verify(feats, quality, tids, mids, pairs, labels, weighted=weighted)
@@ -188,7 +191,9 @@ def main(argv=None) -> int:
   return 0
 
 
-def _aligned_images(root: Path, names: list[str]) -> np.ndarray:
+def aligned_source(root: Path, names: list[str]):
+  """The loose crops of `names`, each aligned to 112×112 with its 5 landmarks when loaded."""
+  from crfiqa_jax import inference
   from crfiqa_jax.data.records import decode_image
   lm_file = root / "meta" / "ijbc_name_5pts_score.txt"
   if not lm_file.exists():
@@ -198,12 +203,18 @@ def _aligned_images(root: Path, names: list[str]) -> np.ndarray:
     parts = ln.split()
     if len(parts) >= 11:
       lms[parts[0]] = np.array(parts[1:11], np.float64).reshape(5, 2)
-  out = []
-  for n in names:
-    if n not in lms:
-      raise ValueError(f"no landmarks for {n} in {lm_file}")
-    out.append(align(decode_image((root / "loose_crop" / n).read_bytes()), lms[n]))
-  return np.stack(out)
+  missing = [n for n in names if n not in lms]
+  if missing:
+    raise ValueError(f"no landmarks for {missing[0]} (and {len(missing) - 1} more) in {lm_file}")
+
+  def load(i):
+    try:
+      img = decode_image((root / "loose_crop" / names[i]).read_bytes())
+    except Exception as e:
+      raise inference.SkipImage(f"unreadable ({type(e).__name__}: {e})") from None
+    return align(img, lms[names[i]])
+
+  return inference.ImageSource(load, len(names), lambda i: names[i])
 
 
 if __name__ == "__main__":

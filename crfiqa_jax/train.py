@@ -271,58 +271,48 @@ def dataset_facts(config) -> tuple[int, int]:
   return int(info["num_classes"]), int(n_train)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """The main job: synthetic data if the config asks for it, training, then the ERC
-  evaluation of `config.eval_data_dir` (if set) into workdir/eval."""
-  started = time.perf_counter()
-  if config.synthetic:
-    from crfiqa_jax.data import synthetic
-    if not config.data_dir:
-      with config.unlocked():
-        config.data_dir = str(Path(workdir) / "data")
-        config.eval_data_dir = config.eval_data_dir or config.data_dir
-    if jax.process_index() == 0:
-      synthetic.ensure_dataset(config)
-  state = train(config, workdir)
-  if config.eval_data_dir and jax.process_index() == 0:
-    from crfiqa_jax import evaluate
-    m = evaluate.evaluate_checkpoint_state(state, config, Path(workdir) / "eval",
-                                           started=started)
-    _print_summary(m, Path(workdir) / "eval")
-  return state
+# Config fields that must agree between a workdir's checkpoints and a run resuming them.
+RESUME_KEYS = ("model", "embedding_dim", "image_size", "method", "num_classes")
 
 
-def _print_summary(m: dict, out_dir: Path):
-  auc = m["erc_auc"]
-  lines = [
-      "",
-      f"Held-out evaluation ({m['num_identities']} unseen identities, {m['num_images']} images, "
-      f"{m['num_pairs']:,} pairs) after {m['train_steps']} steps, {m['wall_seconds']:.0f} s:",
-      f"  Spearman(predicted quality, true degradation severity) = "
-      f"{m['spearman_quality_vs_severity']:+.3f}  (-1 = perfect, 0 = no relation)",
-  ]
-  for mode in auc:
-    for f, r in auc[mode].items():
-      gain = 1 - r["learned"] / r["random"] if r["random"] else float("nan")
-      lines.append(f"  ERC AUC [{mode:10s} FMR={f}] learned {r['learned']:.4f}  random "
-                   f"{r['random']:.4f}  oracle {r['oracle']:.4f}  → {100 * gain:.0f}% below "
-                   "random")
-  lines.append(f"  Lower AUC = rejecting the lowest-quality pairs removes more errors. "
-               f"Plot: {out_dir / 'erc.png'}; numbers: {out_dir / 'metrics.json'}")
-  print("\n".join(lines), flush=True)
+def check_resume_config(config, workdir) -> None:
+  """On resume, the workdir's config must describe the same model and data (one line,
+  naming the key to change); a fresh workdir passes."""
+  workdir = Path(workdir)
+  saved = workdir / "config.json"
+  if not saved.exists() or not (workdir / "checkpoints").exists():
+    return
+  old = json.loads(saved.read_text())
+  now = {k: config[k] for k in RESUME_KEYS if k in config}
+  now["num_classes"] = dataset_facts(config)[0]
+  for key in RESUME_KEYS:
+    if key in old and key in now and old[key] != now[key]:
+      if key == "num_classes":
+        raise ValueError(f"{workdir} holds checkpoints trained on {old[key]} classes; "
+                         f"--config.data_dir={config.data_dir} has {now[key]}: use that "
+                         "run's data_dir, or a fresh --workdir")
+      raise ValueError(f"{workdir} holds checkpoints trained with {key}={old[key]!r}; this run "
+                       f"has {key}={config[key]!r}: pass --config.{key}={old[key]!r} to resume, "
+                       "or use a fresh --workdir")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains per `config`, checkpointing to and resuming from `workdir`; returns the state."""
+def train(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> TrainState:
+  """Trains per `config`, checkpointing to and resuming from `workdir`; returns the state.
+
+  `mesh` defaults to every device of every process; a checkpoint written on one device
+  count resumes on another (checkpointing.restore)."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
-  if is_main:  # lets score/evaluate rebuild the model from a workdir alone
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+  check_resume_config(config, workdir)
 
   # --- Data facts, mesh, model, optimiser, jitted step. ---
   num_classes, num_examples = dataset_facts(config)
-  trainer = Trainer(config, num_classes=num_classes, num_examples=num_examples)
+  if is_main:  # lets score/evaluate/analyze rebuild the model from a workdir alone
+    saved = json.loads(config.to_json_best_effort())
+    (workdir / "config.json").write_text(json.dumps({**saved, "num_classes": num_classes},
+                                                    indent=1))
+  trainer = Trainer(config, num_classes=num_classes, num_examples=num_examples, mesh=mesh)
   if is_main:
     log.info("devices=%d processes=%d model=%s classes=%d (padded %d) examples=%d "
              "steps/epoch=%d total_steps=%d peak_lr=%.4g", trainer.mesh.size,
@@ -386,21 +376,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     if close:
       close()
   return state
-
-
-def predict_fn(model):
-  """Jitted eval-mode forward: (variables, uint8 or float images) → (embedding, quality)."""
-
-  @jax.jit
-  def predict(variables, images):
-    x = input_pipeline.normalize(images) if images.dtype == jnp.uint8 else images
-    return model.apply(variables, x, train=False)
-
-  return predict
-
-
-def inference_variables(state: TrainState) -> dict:
-  return {"params": state.params["backbone"], "batch_stats": state.batch_stats}
 
 
 def as_numpy(tree):

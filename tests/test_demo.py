@@ -71,4 +71,4 @@ def test_cli_errors(tmp_path):
   r = _main(["--config=small", f"--workdir={tmp_path}"], tmp_path)
   assert r.returncode != 0 and "data_dir is empty" in r.stderr
   r = _main(["--config=nonexistent", f"--workdir={tmp_path}"], tmp_path)
-  assert r.returncode != 0 and "Available" in r.stderr
+  assert r.returncode != 0 and "Named configs" in r.stderr and "large" in r.stderr
