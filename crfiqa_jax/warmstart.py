@@ -72,11 +72,13 @@ def _centres(state, config, trainer, info):
   if choice == "random":
     return None, "random"
   if choice == "auto" and "centres" in info:
-    c, how = info["centres"], f"the checkpoint's own ({config.init_checkpoint})"
-    if c.shape[1] != n and not (info.get("shard_centres") and c.shape[1] > n):
-      raise ValueError(f"{config.init_checkpoint} has {c.shape[1]} class centres, the data "
-                       f"{n} classes: on top needs the pretrained model's own training set")
-    c = c[:, :n]
+    c, how = np.asarray(info["centres"]), f"the checkpoint's own ({config.init_checkpoint})"
+    n_src = info.get("config", {}).get("num_classes", c.shape[1])
+    if n_src != n or c.shape[1] < n:
+      raise ValueError(f"{config.init_checkpoint} was trained on {n_src} classes, the data has "
+                       f"{n}: on top needs the pretrained model's own training set (or pass "
+                       "--config.init_centres=means)")
+    c = c[:, :n]  # drop the source's padding columns
   elif choice in ("auto", "means"):
     return class_mean_centres(state, config, trainer), "class means over the training set"
   else:
