@@ -88,7 +88,7 @@ def _centres(state, config, trainer, info):
   if c.shape[0] != d:
     raise ValueError(f"centres of {config.init_checkpoint} are {c.shape[0]}-d, the config {d}-d")
   # Padding columns (a sharded class axis) keep the state's own.
-  padded = np.asarray(jax.device_get(state.params["centres"]))
+  padded = np.array(jax.device_get(state.params["centres"]))
   padded[:, :n] = c
   return (jax.device_put(jnp.asarray(padded, jnp.float32),
                          trainer.state_shardings.params["centres"]), how)
