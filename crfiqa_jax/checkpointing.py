@@ -89,26 +89,27 @@ def _repadded_target(abstract_state, saved_shapes):
     old = saved_shapes.get(_names(path))
     if old is None or tuple(old) == tuple(a.shape):
       return a
-    if len(old) != 2 or old[0] != a.shape[0]:
+    if len(old) != a.ndim or tuple(old[:-1]) != tuple(a.shape[:-1]):
       raise ValueError(f"checkpoint leaf {jax.tree_util.keystr(path)} has shape {old}, the "
                        f"model wants {a.shape}: not the same model; use a fresh --workdir")
-    changed = True
+    changed = True  # only the (last, class) axis differs: its padding
     mesh = a.sharding.mesh
     n = mesh.devices.size
-    spec = P(None, "data") if old[1] % n == 0 else P()
+    spec = P(*([None] * (a.ndim - 1)), "data") if old[-1] % n == 0 else P()
     return jax.ShapeDtypeStruct(tuple(old), a.dtype, sharding=NamedSharding(mesh, spec))
 
   return jax.tree_util.tree_map_with_path(pick, abstract_state), changed
 
 
 def _repad(state, abstract_state):
-  """Columns of class-axis leaves cut or zero-padded to the current padded class count."""
+  """Class-axis leaves (centres [D, C], IG-FIQA's class_ccs [C], their optimiser slots) cut
+  or zero-padded along their last axis to the current padded class count."""
   def fit(x, a):
     if x.shape == a.shape:
       return x
-    cut = x[:, :min(x.shape[1], a.shape[1])]
-    out = jax.numpy.pad(cut, ((0, 0), (0, a.shape[1] - cut.shape[1])))
-    return jax.device_put(out, a.sharding)
+    cut = x[..., :min(x.shape[-1], a.shape[-1])]
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, a.shape[-1] - cut.shape[-1])]
+    return jax.device_put(jax.numpy.pad(cut, pad), a.sharding)
 
   return jax.tree.map(fit, state, abstract_state)
 

@@ -6,12 +6,19 @@ Layout (as distributed with the insightface IJB evaluation):
   ROOT/meta/ijbc_name_5pts_score.txt       "image x1 y1 … x5 y5 score" (loose-crop landmarks)
   ROOT/loose_crop/<image>                  the loose crops
 
-Template feature (REFERENCE §6): image feature = emb(img) + emb(flip); qualities min-max
-normalised over all images are the weights; weighted features are averaged within each
-media, summed over the media of a template and L2-normalised. Comparison score = cosine.
-TAR at FAR 1e-6 … 1e-1 with the fixed-threshold convention of `erc.fixed_threshold`
-(accept score > the (k+1)-th highest impostor score, k = floor(FAR·#impostors)).
-Template-pair ERC quality = min over the images of both templates.
+Template feature (REFERENCE §6, the released eval_ijbc_qs.py): image feature = raw
+emb(img) + raw emb(flip) (summed un-normalised, so the embedding norms weigh in, as the
+released use_norm_score); qualities min-max normalised over all images are the weights;
+weighted features are averaged within each media, summed over the media of a template and
+L2-normalised. Comparison score = cosine. TAR at FAR 1e-6 … 1e-1 with the fixed-threshold
+convention of `erc.fixed_threshold` (accept score > the (k+1)-th highest impostor score,
+k = floor(FAR·#impostors)), for unweighted and quality-weighted templates.
+
+ERC (the released erc_ijbc.py): on the UNWEIGHTED template scores (the quality must not
+also shape the features it is judged on), pair quality = min over the images of both
+templates, FNMR at FMR 1e-2/1e-3/1e-4 with the released recomputed threshold (cosine
+distance arccos/π, threshold re-chosen at each reject ratio) and with the standard fixed
+threshold (`erc` module docstring), plus the AUC over reject ratios 0 … 0.95.
 
     python -m crfiqa_jax.ijbc --root=IJBC --fr=CHECKPOINT_OR_NPZ --quality=CHECKPOINT_OR_CSV \
         --out=DIR [--arch=iresnet100]
@@ -19,7 +26,6 @@ Template-pair ERC quality = min over the images of both templates.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -112,9 +118,10 @@ def verify(features, quality, template_ids, media_ids, pairs, labels, *, weighte
 
 
 def main(argv=None) -> int:
-  from crfiqa_jax import inference
-  from crfiqa_jax import pairsets as bm
-  p = argparse.ArgumentParser(prog="python -m crfiqa_jax.ijbc", description=__doc__.split("\n\n")[0])
+  from crfiqa_jax import cli
+  p = cli.parser("crfiqa_jax.ijbc", __doc__,
+                 "python -m crfiqa_jax.ijbc --root=IJB_release/IJBC --fr=arcface_r100.pth "
+                 "--quality=crfiqa_l --out=reports/ijbc")
   p.add_argument("--root", required=True)
   p.add_argument("--fr", required=True, help="checkpoint, or .npz of image-sum embeddings")
   p.add_argument("--quality", required=True, help="checkpoint or scores CSV")
@@ -123,44 +130,68 @@ def main(argv=None) -> int:
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--pair-quality", default="min", choices=reports.PAIR_QUALITY)
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  try:
-    root = Path(args.root)
-    names, tids, mids, pairs, labels = read_meta(root)
-    source = None  # decoded and aligned on demand, streamed, when a model is asked for
-    if any(Path(s).suffix not in (".npz", ".csv", ".txt") for s in (args.fr, args.quality)):
-      source = aligned_source(root, names)
-    if Path(args.fr).suffix == ".npz":
-      emb = bm.load_embeddings(args.fr)
-      feats = np.stack([emb[bm.canonical(n)] for n in names])
-    else:
-      f2 = inference.extract(inference.load_predictor(args.fr, args.arch), source,
-                             batch_size=args.batch_size, dtype=np.float16, desc="IJB-C FR")[0]
-      d = f2.shape[1] // 2
-      feats = f2[:, :d].astype(np.float32) + f2[:, d:]  # emb(img) + emb(flip), each L2-normalised
-    if Path(args.quality).suffix in (".csv", ".txt"):
-      qt = bm.load_quality_csv(args.quality)
-      quality = np.array([qt[bm.canonical(n)] for n in names])
-    else:
-      quality = inference.extract(inference.load_predictor(args.quality, args.arch), source,
-                                  features="none", batch_size=args.batch_size,
-                                  desc="IJB-C quality")[1]
-    result = {}
-    for name, weighted in (("unweighted", False), ("quality_weighted", True)):
-      scores, tar, pair_q = verify(feats, quality, tids, mids, pairs, labels, weighted=weighted,
-                                    pair_quality=args.pair_quality)
-      result[name] = {"tar_at_far": tar}
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  cli.quiet_logging()
+  return cli.run(lambda: run(args))
+
+
+def run(args) -> int:
+  from crfiqa_jax import inference
+  from crfiqa_jax import pairsets as bm
+  root = Path(args.root)
+  names, tids, mids, pairs, labels = read_meta(root)
+  source = None  # decoded and aligned on demand, streamed, when a model is asked for
+  if any(Path(s).suffix not in (".npz", ".csv", ".txt") for s in (args.fr, args.quality)):
+    source = aligned_source(root, names)
+  if Path(args.fr).suffix == ".npz":
+    emb = bm.load_embeddings(args.fr)
+    feats = np.stack([emb[bm.canonical(n)] for n in names])
+  else:
+    # Raw emb(img) + raw emb(flip), as the released eval_ijbc_qs.py (not normalised halves).
+    feats, _, failures = inference.extract(inference.load_predictor(args.fr, args.arch),
+                                           source, features="sum",
+                                           batch_size=args.batch_size, desc="IJB-C FR")
+    if failures:
+      raise ValueError(f"{len(failures)} IJB-C images could not be read, e.g. "
+                       f"{names[min(failures)]}: {failures[min(failures)]}")
+  if Path(args.quality).suffix in (".csv", ".txt"):
+    qt = bm.load_quality_csv(args.quality)
+    quality = np.array([qt[bm.canonical(n)] for n in names])
+  else:
+    quality = inference.extract(inference.load_predictor(args.quality, args.arch), source,
+                                features="none", batch_size=args.batch_size,
+                                desc="IJB-C quality")[1]
+  result = evaluate(feats, quality, tids, mids, pairs, labels, pair_quality=args.pair_quality)
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  fnmr = erc.error_versus_reject(scores, labels, pair_q, fmr=[1e-3, 1e-4], threshold="fixed")
-  result["template_pair_erc_fixed"] = {"fmr": ["1e-3", "1e-4"], "fnmr": fnmr.tolist(),
-                                       "reject_ratios": erc.RELEASED_RATIOS.tolist()}
   (out / "ijbc.json").write_text(json.dumps(result, indent=1))
   print(json.dumps({k: v["tar_at_far"] for k, v in result.items() if "tar_at_far" in v}))
   return 0
+
+
+ERC_FMRS = (1e-2, 1e-3, 1e-4)
+
+
+def evaluate(features, quality, template_ids, media_ids, pairs, labels, *,
+             pair_quality: str = "min") -> dict:
+  """TAR@FAR for unweighted and quality-weighted templates, and the template-pair ERC
+  (module docstring) of the unweighted ones in both threshold modes."""
+  result = {}
+  for name, weighted in (("unweighted", False), ("quality_weighted", True)):
+    scores, tar, pair_q = verify(features, quality, template_ids, media_ids, pairs, labels,
+                                 weighted=weighted, pair_quality=pair_quality)
+    result[name] = {"tar_at_far": tar}
+    if not weighted:
+      erc_scores, erc_quality = scores, pair_q
+  ratios = erc.RELEASED_RATIOS
+  for mode in erc.MODES:
+    fnmr = erc.error_versus_reject(erc_scores, labels, erc_quality, fmr=list(ERC_FMRS),
+                                   threshold=mode)
+    auc = [None if np.isnan(f).any() else erc.erc_auc(ratios, f) for f in fnmr]
+    result[f"template_pair_erc_{mode}"] = {
+        "templates": "unweighted", "fmr": [f"{f:.0e}" for f in ERC_FMRS],
+        "fnmr": [[None if np.isnan(v) else float(v) for v in f] for f in fnmr],
+        "auc": auc, "reject_ratios": ratios.tolist()}
+  return result
 
 
 def aligned_source(root: Path, names: list[str]):
