@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Loss (paper eqs. 1-6). ---
   c.scale = 64.0             # ArcFace s
   c.margin = 0.5             # ArcFace m
+  c.margin_ramp_epochs = 0.0  # m grows linearly from 0 over these epochs (demo only; off)
   c.margin_fallback = False  # insightface's θ+m>π guard; the released CR-FIQA code has none
   c.lambda_cr = 10.0         # λ in L = L_Arc + λ·L_CR
   c.cr_form = "paper"        # "paper": CCS/(NNCCS+1+ε); "code": released CCS/NNCCS
@@ -43,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.clip_norm = 5.0          # global-norm clip of the backbone gradient (0 = off)
   c.num_epochs = 34
   c.lr_decay_epochs = (20, 28, 32)  # ×0.1 at each
+  c.warmup_epochs = 0.0      # linear lr warmup (demo only; the released recipe has none)
   c.total_steps = 0          # 0 = num_epochs × steps per epoch
   c.trainable = "all"        # "all", or "qs": only the quality head ("on top" ablation)
   c.init_checkpoint = ""     # backbone to start from: .pth, exported dir or workdir

@@ -118,8 +118,9 @@ def crfiqa_loss(embedding: jax.Array, quality: jax.Array, centres: jax.Array,
   if margin_fallback:
     cos_y = jnp.take_along_axis(cos_theta, labels[:, None], axis=1)
     is_target = jnp.arange(cos_theta.shape[1])[None, :] == labels[:, None]
-    use_fallback = is_target & (cos_y <= math.cos(math.pi - margin))
-    logits = jnp.where(use_fallback, scale * (cos_y - margin * math.sin(margin)), logits)
+    # jnp, not math: the margin is a traced array under a margin ramp.
+    use_fallback = is_target & (cos_y <= jnp.cos(math.pi - margin))
+    logits = jnp.where(use_fallback, scale * (cos_y - margin * jnp.sin(margin)), logits)
   if num_classes is not None and num_classes < cos_theta.shape[1]:
     valid = jnp.arange(cos_theta.shape[1]) < num_classes
     logits = jnp.where(valid, logits, -jnp.inf)

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from crfiqa_jax.data import synthetic
 
@@ -72,3 +73,43 @@ def test_cli_errors(tmp_path):
   assert r.returncode != 0 and "data_dir is empty" in r.stderr
   r = _main(["--config=nonexistent", f"--workdir={tmp_path}"], tmp_path)
   assert r.returncode != 0 and "Available" in r.stderr
+
+
+def test_lr_warmup_hand_values():
+  from crfiqa_jax import optim
+  sched = optim.with_warmup(optim.step_schedule(0.1, 10, (2,)), 5)
+  # lr(t) = 0.1·min(1, (t + 1)/5) until the decay at step 20, then 0.01.
+  for t, want in ((0, 0.02), (1, 0.04), (4, 0.1), (19, 0.1), (20, 0.01)):
+    assert float(sched(t)) == pytest.approx(want, rel=1e-6), t
+  plain = optim.step_schedule(0.1, 10, (2,))
+  assert optim.with_warmup(plain, 0) is plain
+
+
+def test_margin_ramp_equals_the_reduced_margin():
+  """At step k of a ramp over R steps the step equals a plain step with margin m·k/R."""
+  import jax
+  import jax.numpy as jnp
+
+  from crfiqa_jax import main, sharding, train
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  rng = np.random.default_rng(0)
+  batch = sharding.global_batch(
+      {"image": rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8),
+       "label": rng.integers(0, 10, 8).astype(np.int32)}, mesh)
+
+  def step(overrides, k):
+    cfg = main.load_config("demo", {"image_size": "32", "batch_size": "8", "dropout": "0.0",
+                                    **overrides})
+    trainer = train.Trainer(cfg, num_classes=10, num_examples=80, mesh=mesh)  # 10 steps/epoch
+    state = trainer.init()
+    state = state.replace(step=jnp.asarray(k, jnp.int32))
+    return trainer.step_fn(state, batch)[1]
+
+  ramped = step({"margin_ramp_epochs": "1.0"}, 4)   # ramp over 10 steps
+  plain = step({"margin_ramp_epochs": "0.0", "margin": str(0.5 * 4 / 10)}, 4)
+  fixed = step({"margin_ramp_epochs": "0.0"}, 4)
+  assert float(ramped["loss_arc"]) == pytest.approx(float(plain["loss_arc"]), rel=1e-5)
+  assert abs(float(ramped["loss_arc"]) - float(fixed["loss_arc"])) > 1e-2
+  done = step({"margin_ramp_epochs": "1.0"}, 12)    # past the ramp: the full margin
+  full = step({"margin_ramp_epochs": "0.0"}, 12)
+  assert float(done["loss_arc"]) == pytest.approx(float(full["loss_arc"]), rel=1e-5)
