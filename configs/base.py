@@ -25,6 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.dropout = 0.4            # before the FC layer, training only
   c.dtype = "float32"        # computation dtype; "bfloat16" for accelerators
 
+  # --- Method. ---
+  c.method = "crfiqa"        # "crfiqa", or "igfiqa": IG-FIQA's class-variance weights and
+                             # augmented copy for the quality branch (README, IG-FIQA)
+  c.ig_backbone_grad = True  # igfiqa: the augmented quality loss also trains the backbone
+
   # --- Loss (paper eqs. 1-6). ---
   c.scale = 64.0             # ArcFace s
   c.margin = 0.5             # ArcFace m
@@ -43,11 +48,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.weight_decay = 5e-4      # on every parameter, added to the gradient before momentum
   c.clip_norm = 5.0          # global-norm clip of the backbone gradient (0 = off)
   c.num_epochs = 34
-  c.lr_decay_epochs = (20, 28, 32)  # ×0.1 at each
+  c.lr_decay_epochs = (19, 27, 31)  # ×0.1 after this many epochs (released: MILESTONES
+                                    # [20, 28, 32] decay after m-1 epochs; configs/small.py)
   c.warmup_epochs = 0.0      # linear lr warmup (demo only; the released recipe has none)
   c.total_steps = 0          # 0 = num_epochs × steps per epoch
   c.trainable = "all"        # "all", or "qs": only the quality head ("on top" ablation)
   c.init_checkpoint = ""     # backbone to start from: .pth, exported dir or workdir
+  c.init_centres = "auto"    # with init_checkpoint: "auto" (the checkpoint's own, else class
+                             # means), "means", "random" or head file(s) (crfiqa_jax.warmstart)
 
   # --- Sharding. ---
   c.shard_centres = False    # split the class-centre matrix along classes over devices

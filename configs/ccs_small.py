@@ -4,7 +4,7 @@
       --config.data_dir=/data/casia
 """
 
-from configs import small
+from crfiqa_jax.configs import small
 
 
 def get_config():

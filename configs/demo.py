@@ -24,7 +24,7 @@ up, it learns separated centres first.
 
 import ml_collections
 
-from configs import base
+from crfiqa_jax.configs import base
 
 
 def get_config():

@@ -26,15 +26,13 @@ log = logging.getLogger(__name__)
 
 def load_workdir(path: str | Path):
   """(model, inference variables, centres [D, C_padded], config dict) of a training workdir."""
-  from crfiqa_jax import checkpointing, models
+  from crfiqa_jax import convert
   path = Path(path).absolute()
   if not (path / "config.json").exists():
     raise FileNotFoundError(f"{path} is not a training workdir (no config.json): the class "
                             "centres needed here exist only in training checkpoints")
-  cfg, state, _ = checkpointing.restore_raw(path)
-  model = models.create_model(cfg["model"], embedding_dim=cfg["embedding_dim"])
-  variables = {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
-  return model, variables, np.asarray(state["params"]["centres"]), cfg
+  model, variables, info = convert.load_model(path)
+  return model, variables, info["centres"], info["config"]
 
 
 def sample_stats(embeddings: np.ndarray, labels: np.ndarray, centres: np.ndarray,
@@ -54,51 +52,99 @@ def sample_stats(embeddings: np.ndarray, labels: np.ndarray, centres: np.ndarray
 
 
 def sample_pairs(labels: np.ndarray, n: int, seed: int = 0):
-  """Up to n genuine and n impostor pairs (a, b, genuine), drawn uniformly without repeats."""
+  """Up to n genuine and n impostor pairs (a, b, genuine) with a < b, each set drawn
+  uniformly without repeats from all genuine / all impostor pairs of the set.
+
+  Genuine: a class is picked with probability ∝ its number of pairs, then a uniform pair
+  in it. Impostor: uniform pairs of distinct images, rejected when the labels agree.
+  """
   rng = np.random.default_rng(seed)
+  labels = np.asarray(labels)
   order = np.argsort(labels, kind="stable")
   _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
-  gen: set = set()
-  multi = np.flatnonzero(counts > 1)
-  attempts = 0
-  while len(gen) < n and attempts < 20 * n and len(multi):
-    attempts += 1
-    c = rng.choice(multi)
-    i, j = rng.choice(counts[c], 2, replace=False)
-    gen.add(tuple(sorted((int(order[starts[c] + i]), int(order[starts[c] + j])))))
-  gen = sorted(gen)
-  a = rng.integers(0, len(labels), 3 * n)
-  b = rng.integers(0, len(labels), 3 * n)
-  keep = labels[a] != labels[b]
-  imp = sorted(set(zip(np.minimum(a, b)[keep], np.maximum(a, b)[keep])))[:n]
-  pairs = np.array(gen + imp, np.int64).reshape(-1, 2)
+  per_class = counts * (counts - 1) // 2
+  n_gen_total, n_all = int(per_class.sum()), len(labels) * (len(labels) - 1) // 2
+  gen = _draw(rng, min(n, n_gen_total), lambda k: _genuine(rng, k, order, starts, counts,
+                                                           per_class))
+  n_imp_total = n_all - n_gen_total
+  imp = _draw(rng, min(n, n_imp_total), lambda k: _impostor(rng, k, labels))
+  a = np.r_[gen[:, 0], imp[:, 0]]
+  b = np.r_[gen[:, 1], imp[:, 1]]
   genuine = np.r_[np.ones(len(gen), bool), np.zeros(len(imp), bool)]
-  return pairs[:, 0], pairs[:, 1], genuine
+  return a, b, genuine
+
+
+def _draw(rng, n: int, propose) -> np.ndarray:
+  """n distinct pairs [n, 2] from `propose(k)` (k candidate pairs, possibly repeated)."""
+  got = np.zeros((0, 2), np.int64)
+  for _ in range(100):
+    if len(got) >= n:
+      break
+    cand = propose(2 * (n - len(got)) + 16)
+    got = np.unique(np.concatenate([got, cand]), axis=0)
+  if len(got) > n:  # keep a uniform subset, not the smallest indices
+    got = got[np.sort(rng.choice(len(got), n, replace=False))]
+  return got
+
+
+def _genuine(rng, k, order, starts, counts, per_class):
+  c = rng.choice(len(counts), k, p=per_class / per_class.sum())
+  i = rng.integers(0, counts[c])
+  j = rng.integers(0, counts[c] - 1)
+  j = j + (j >= i)  # a second, different member of the class
+  x, y = order[starts[c] + i], order[starts[c] + j]
+  return np.stack([np.minimum(x, y), np.maximum(x, y)], 1)
+
+
+def _impostor(rng, k, labels):
+  x = rng.integers(0, len(labels), k)
+  y = rng.integers(0, len(labels), k)
+  keep = labels[x] != labels[y]
+  x, y = x[keep], y[keep]
+  return np.stack([np.minimum(x, y), np.maximum(x, y)], 1)
 
 
 def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 256,
             split: str = "train") -> dict:
-  from crfiqa_jax import evaluate, train
-  from crfiqa_jax.data.records import open_dataset
+  """Streams `data` through the model once; keeps per-image CCS/NNCCS/CR and only the
+  embeddings of images in the sampled pairs (memory independent of the set's size)."""
+  from crfiqa_jax import evaluate, inference
+  from crfiqa_jax.data.records import read_info
   model, variables, centres, cfg = load_workdir(workdir)
-  num_classes = open_dataset(data, split).num_classes
-  images, labels, _ = evaluate.load_split(data, split)
+  num_classes = int(read_info(data).get("num_classes", 0))
+  labels, _ = evaluate.split_labels_and_meta(data, split)
   if labels.max() >= num_classes or num_classes > centres.shape[1]:
     raise ValueError(f"{data} has {num_classes} classes; the checkpoint has "
                      f"{centres.shape[1]} centres: not the training set of this model")
-  feats, _ = evaluate.extract(train.predict_fn(model), variables, images,
-                              batch_size=batch_size, flip=False)
-  ccs, nnccs, cr = sample_stats(feats, labels, centres, num_classes,
-                                cfg.get("cr_form", "paper"))
+  a, b, gen = sample_pairs(labels, pairs)
+  needed = np.unique(np.r_[a, b])
+  row = np.full(len(labels), -1, np.int64)
+  row[needed] = np.arange(len(needed))
+  feats = np.full((len(needed), model.embedding_dim), np.nan, np.float32)
+  ccs, nnccs, cr = (np.full(len(labels), np.nan) for _ in range(3))
+  predictor = inference.FlaxPredictor(model, variables, image_size=cfg["image_size"])
+  source = inference.records_source(data, split)
+  for bt in inference.stream(predictor, source, batch_size=batch_size, desc="analyze"):
+    if not len(bt.indices):
+      continue
+    i = bt.indices
+    ccs[i], nnccs[i], cr[i] = sample_stats(bt.embedding, labels[i], centres, num_classes,
+                                           cfg.get("cr_form", "paper"))
+    sel = row[i] >= 0
+    feats[row[i[sel]]] = inference.l2_normalize(bt.embedding[sel])
+  ok = np.isfinite(cr)
+  if not ok.all():
+    log.warning("%d images could not be decoded and are left out", int((~ok).sum()))
+  keep = ok[a] & ok[b]
+  a, b, gen = a[keep], b[keep], gen[keep]
+  sim = np.einsum("ij,ij->i", feats[row[a]], feats[row[b]])
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   with open(out / "samples.csv", "w") as f:
     f.write("index,label,ccs,nnccs,cr\n")
     for i in range(len(labels)):
       f.write(f"{i},{labels[i]},{ccs[i]:.6f},{nnccs[i]:.6f},{cr[i]:.6f}\n")
-  _plot_distributions(ccs, nnccs, cr, out / "distributions.png")
-  a, b, gen = sample_pairs(labels, pairs)
-  sim = evaluate.cosine(feats, a, b)
+  _plot_distributions(ccs[ok], nnccs[ok], cr[ok], out / "distributions.png")
   methods = {"CR": np.minimum(cr[a], cr[b]), "CCS": np.minimum(ccs[a], ccs[b]),
              "-NNCCS": np.minimum(-nnccs[a], -nnccs[b])}
   fmrs = [f for f in ("1e-2", "1e-3", "1e-4") if (~gen).sum() * evaluate.FMRS[f] >= 1]
@@ -111,8 +157,8 @@ def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 25
                           "impostor pairs")
   result = {"num_samples": int(len(labels)), "genuine_pairs": int(gen.sum()),
             "impostor_pairs": int((~gen).sum()),
-            "mean": {"ccs": float(ccs.mean()), "nnccs": float(nnccs.mean()),
-                     "cr": float(cr.mean())},
+            "mean": {"ccs": float(np.nanmean(ccs)), "nnccs": float(np.nanmean(nnccs)),
+                     "cr": float(np.nanmean(cr))},
             "erc_auc": {m: {f: {k: v["auc"] for k, v in t.items()} for f, t in by.items()}
                         for m, by in table.items()}}
   (out / "analysis.json").write_text(json.dumps(result, indent=1))

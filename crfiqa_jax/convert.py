@@ -109,6 +109,12 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
 
 def read_pth(path: str | Path) -> dict[str, np.ndarray]:
   """Reads a PyTorch zip checkpoint (torch ≥ 1.6 format) into numpy arrays, without torch."""
+  return _as_state_dict(_read_pth_object(path), path)
+
+
+def _read_pth_object(path: str | Path):
+  """The unpickled object of a PyTorch zip checkpoint (a state_dict, a bare tensor, or a
+  dict of those), through the restricted unpickler."""
   path = Path(path)
   if not zipfile.is_zipfile(path):
     raise ValueError(f"{path} is not a PyTorch zip checkpoint (files from torch < 1.6 use a "
@@ -122,8 +128,7 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
     byteorder = "little"
     if f"{prefix}byteorder" in names:
       byteorder = zf.read(f"{prefix}byteorder").decode().strip()
-    obj = _TorchZipUnpickler(zf.read(pkl[0]), zf, prefix, byteorder).load()
-  return _as_state_dict(obj, path)
+    return _TorchZipUnpickler(zf.read(pkl[0]), zf, prefix, byteorder).load()
 
 
 def _as_state_dict(obj, path) -> dict[str, np.ndarray]:
@@ -134,16 +139,76 @@ def _as_state_dict(obj, path) -> dict[str, np.ndarray]:
   return dict(obj)
 
 
-def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-  """torch.load(weights_only=True) when torch is installed, else `read_pth`."""
+def _load_object(path: str | Path):
+  """torch.load(weights_only=True) with tensors as numpy when torch is installed, else
+  `_read_pth_object`."""
   try:
     import torch
   except ImportError:
-    return read_pth(path)
-  sd = torch.load(path, map_location="cpu", weights_only=True)
-  sd = _as_state_dict(sd, path)
-  return {k: (v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy())
-          if hasattr(v, "numpy") else v for k, v in sd.items()}
+    return _read_pth_object(path)
+  obj = torch.load(path, map_location="cpu", weights_only=True)
+
+  def to_numpy(v):
+    if isinstance(v, torch.Tensor):
+      return v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+    if isinstance(v, Mapping):
+      return {k: to_numpy(x) for k, x in v.items()}
+    return v
+  return to_numpy(obj)
+
+
+def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+  """torch.load(weights_only=True) when torch is installed, else `read_pth`."""
+  return _as_state_dict(_load_object(path), path)
+
+
+def load_centres(paths: str | Path | list, embedding_dim: int) -> np.ndarray:
+  """Class centres [D, C] from the classification-head files of a trained FR model.
+
+  Accepted (each `.pth`/`.pt` loaded safely, or a `.npy` without pickles):
+    * the released CR-FIQA `{step}header.pth`: a state_dict with `kernel` [D, C];
+    * insightface arcface_torch: a state_dict with `weight` [C, D] (ArcFace / partial-FC
+      head, also nested under `state_dict_softmax_fc` in `checkpoint_gpu_{rank}.pt`), or a
+      bare tensor [C, D] (older partial-FC `rank_{r}_softmax_weight.pt`);
+    * a `.npy` array, [D, C] or [C, D].
+  Several paths (a list, or one string with commas) are the class shards of a partial-FC
+  run, concatenated along the class axis in the order given (rank 0 first).
+  """
+  if isinstance(paths, (str, Path)):
+    paths = [p for p in str(paths).split(",") if p]
+  parts = []
+  for path in paths:
+    path = Path(path)
+    if not path.exists():
+      raise FileNotFoundError(f"centre file {path} does not exist")
+    obj = np.load(path, allow_pickle=False) if path.suffix == ".npy" else _load_object(path)
+    parts.append(_centres_of(obj, path, embedding_dim))
+  return np.concatenate(parts, axis=1)
+
+
+def _centres_of(obj, path, d: int) -> np.ndarray:
+  if isinstance(obj, Mapping) and isinstance(obj.get("state_dict_softmax_fc"), Mapping):
+    obj = obj["state_dict_softmax_fc"]
+  if isinstance(obj, Mapping):
+    obj = _strip_prefix(obj)
+    if "kernel" in obj:  # CR-FIQA / old insightface heads: [in_features, out_features]
+      w = np.asarray(obj["kernel"], np.float32)
+      if w.ndim == 2 and w.shape[0] == d:
+        return w
+    elif "weight" in obj:  # nn.Linear-style [out_features, in_features]
+      w = np.asarray(obj["weight"], np.float32)
+      if w.ndim == 2 and w.shape[1] == d:
+        return w.T
+    else:
+      raise ValueError(f"{path}: no class-centre tensor ('kernel' [D, C] or 'weight' [C, D]) "
+                       f"among {sorted(obj)[:10]}")
+    raise ValueError(f"{path}: centre tensor of shape {w.shape} does not fit embedding size {d}")
+  w = np.asarray(obj, np.float32)
+  if w.ndim == 2 and w.shape[1] == d:
+    return w.T
+  if w.ndim == 2 and w.shape[0] == d:
+    return w
+  raise ValueError(f"{path}: expected a [C, {d}] or [{d}, C] centre matrix, got {w.shape}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,8 +247,14 @@ def _strip_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
   return dict(sd)
 
 
-def from_torch(path_or_state_dict, arch: str, *, image_size: int = 112) -> dict:
-  """Flax variables {"params", "batch_stats"} for `models.create_model(arch)`."""
+def from_torch(path_or_state_dict, arch: str, *, image_size: int = 112,
+               qs_optional: bool = False) -> dict:
+  """Flax variables {"params", "batch_stats"} for `models.create_model(arch)`.
+
+  qs_optional: accept a plain ArcFace backbone (an insightface iResNet without the `qs`
+  quality head); its qs kernel and bias are then zeros, to be replaced by a fresh head
+  (`has_quality_head` tells whether the file had one).
+  """
   import jax
   import jax.numpy as jnp
 
@@ -228,6 +299,8 @@ def from_torch(path_or_state_dict, arch: str, *, image_size: int = 112) -> dict:
   variables = {col: jax.tree_util.tree_map_with_path(
       lambda p, l, col=col: convert(col, p, l), abstract[col]) for col in abstract}
   unexpected = sorted(k for k in sd if k not in used and not k.endswith("num_batches_tracked"))
+  if qs_optional and not has_quality_head(sd):
+    missing = [k for k in missing if k not in ("qs.weight", "qs.bias")]
   if missing or unexpected or bad_shapes:
     fits = detect_arch(sd)
     hint = f"; the file's block counts fit {fits!r}" if fits and fits != arch else ""
@@ -237,6 +310,10 @@ def from_torch(path_or_state_dict, arch: str, *, image_size: int = 112) -> dict:
         f"{' …' if len(unexpected) > 10 else ''} ({len(unexpected)}); shape mismatches: "
         f"{bad_shapes[:10]}")
   return variables
+
+
+def has_quality_head(state_dict: Mapping[str, Any]) -> bool:
+  return any(k.split(".", 1)[0] == "qs" for k in _strip_prefix(state_dict))
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,9 +335,14 @@ def save_inference(out_dir: str | Path, variables: dict, *, arch: str, embedding
   return out
 
 
-def load_model(path: str | Path, arch: str | None = None):
+def load_model(path: str | Path, arch: str | None = None, *, qs_optional: bool = False):
   """(model, variables, info) from a .pth file (needs `arch` or detects it), an exported
-  directory (model.json + variables) or a training workdir (config.json + checkpoints)."""
+  directory (model.json + variables) or a training workdir (config.json + checkpoints).
+
+  info: arch, embedding_dim, image_size, source, has_qs (False for a .pth ArcFace backbone
+  read with qs_optional), and for a workdir its class centres `centres` [D, C'] and
+  `shard_centres` (C' is padded to the device count when that was on).
+  """
   import orbax.checkpoint as ocp
   path = Path(path).absolute()
   if path.suffix in (".pth", ".pt"):
@@ -268,10 +350,11 @@ def load_model(path: str | Path, arch: str | None = None):
     arch = arch or detect_arch(sd)
     if arch is None:
       raise ValueError(f"cannot tell the architecture of {path}; pass --arch")
-    variables = from_torch(sd, arch)
+    variables = from_torch(sd, arch, qs_optional=qs_optional)
     emb = variables["params"]["fc"]["bias"].shape[0]
     return (models.create_model(arch, embedding_dim=emb), variables,
-            {"arch": arch, "embedding_dim": emb, "image_size": 112, "source": str(path)})
+            {"arch": arch, "embedding_dim": emb, "image_size": 112, "source": str(path),
+             "has_qs": has_quality_head(sd)})
   if (path / "model.json").exists():
     info = json.loads((path / "model.json").read_text())
     with ocp.StandardCheckpointer() as ckptr:
@@ -283,7 +366,8 @@ def load_model(path: str | Path, arch: str | None = None):
     cfg, state, step = checkpointing.restore_raw(path)
     variables = {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
     info = {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
-            "image_size": cfg["image_size"], "source": f"{path} step {step}"}
+            "image_size": cfg["image_size"], "source": f"{path} step {step}",
+            "step": int(step), "config": cfg, "centres": state["params"]["centres"]}
     return (models.create_model(cfg["model"], embedding_dim=cfg["embedding_dim"]), variables,
             info)
   raise FileNotFoundError(f"{path} is neither a .pth file, an exported model (model.json) nor "
@@ -296,9 +380,13 @@ def main(argv=None):
   p.add_argument("--torch", required=True, help="PyTorch state_dict (.pth)")
   p.add_argument("--arch", default=None, help=f"one of {sorted(models.ARCHS)} (default: detect)")
   p.add_argument("--out", required=True, help="output directory (orbax)")
+  p.add_argument("--allow-missing-qs", action="store_true",
+                 help="accept a plain ArcFace backbone without the qs quality head (its "
+                      "quality output is then 0 until a head is trained on top)")
   args = p.parse_args(argv)
   try:
-    model, variables, info = load_model(args.torch, args.arch)
+    model, variables, info = load_model(args.torch, args.arch,
+                                        qs_optional=args.allow_missing_qs)
     out = save_inference(args.out, variables, arch=info["arch"],
                          embedding_dim=info["embedding_dim"], source=str(args.torch))
   except (ValueError, FileNotFoundError, FileExistsError, pickle.UnpicklingError) as e:

@@ -21,30 +21,6 @@ log = logging.getLogger(__name__)
 FMRS = {"1e-2": 1e-2, "1e-3": 1e-3, "1e-4": 1e-4}
 
 
-def extract(predict, variables, images: np.ndarray, *, batch_size: int = 256, flip: bool = True):
-  """Runs `predict(variables, uint8 [B,H,W,3]) → (emb, quality)` over `images`.
-
-  Returns (features [N, 2D] (or [N, D] without flip), each half L2-normalised; quality [N]).
-  The last batch is padded to `batch_size` so the jitted function compiles once.
-  """
-  feats, quals = [], []
-  n = len(images)
-  for start in range(0, n, batch_size):
-    chunk = images[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-    emb, q = predict(variables, chunk)
-    parts = [np.asarray(emb)]
-    if flip:
-      emb_f, _ = predict(variables, np.ascontiguousarray(chunk[:, :, ::-1]))
-      parts.append(np.asarray(emb_f))
-    parts = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
-    feats.append(np.concatenate(parts, 1)[:len(chunk) - pad])
-    quals.append(np.asarray(q)[:len(chunk) - pad])
-  return np.concatenate(feats), np.concatenate(quals)
-
-
 def cosine(features: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
   fa, fb = features[a], features[b]
   num = np.einsum("ij,ij->i", fa, fb)
@@ -196,31 +172,54 @@ def synthetic_report(features, quality, labels, severity, *, out_dir: Path, trai
   return metrics
 
 
-def load_split(data_dir, split: str):
-  """Decoded images [N,H,W,3], labels [N] and per-record metadata of a split."""
-  from crfiqa_jax.data import open_dataset
-  ds = open_dataset(data_dir, split)
-  recs = [ds[i] for i in range(len(ds))]
-  images = np.stack([r["image"] for r in recs])
-  labels = np.array([r["label"] for r in recs])
-  return images, labels, [r["metadata"] for r in recs]
+def split_labels_and_meta(data_dir, split: str):
+  """Labels [N] and per-record metadata of a split, read without decoding any image."""
+  from crfiqa_jax.data.records import RecordSource
+  src = RecordSource(data_dir, split)
+  recs = [src[i] for i in range(len(src))]
+  return (np.array([r["label"] for r in recs], np.int64),
+          [json.loads(r["metadata"] or "{}") for r in recs])
+
+
+def check_eval_data(data_dir, split: str = "test"):
+  """Raises now, not after training, if `data_dir` cannot serve the held-out report."""
+  labels, meta = split_labels_and_meta(data_dir, split)
+  if not len(labels):
+    raise ValueError(f"eval_data_dir {data_dir} has an empty {split!r} split")
+  if any("severity" not in m for m in meta):
+    raise ValueError(f"eval_data_dir {data_dir} {split!r} split lacks per-image 'severity' "
+                     "metadata (the demo's held-out report needs it): set "
+                     "--config.eval_data_dir= to skip it, or use `prepare synthetic` data")
+  return labels, meta
 
 
 def evaluate_checkpoint_state(state, config, out_dir: Path, *, started: float | None = None):
-  """Evaluates a trained state on config.eval_data_dir's "test" split (synthetic layout)."""
-  from crfiqa_jax import train
+  """Evaluates a trained state on config.eval_data_dir's "test" split (synthetic layout).
+
+  Streams the split through every local device; on several processes each takes a slice
+  and every process gets the same figures (process 0 writes them)."""
+  import jax
+
+  from crfiqa_jax import inference, models
   t0 = time.perf_counter()
-  images, labels, meta = load_split(config.eval_data_dir, "test")
-  model = train.build_model(config)
-  feats, quality = extract(train.predict_fn(model), train.inference_variables(state), images,
-                           batch_size=config.get("eval_batch_size", 256))
-  severity = np.array([m.get("severity", np.nan) for m in meta], np.float64)
-  if np.isnan(severity).any():
-    raise ValueError(f"{config.eval_data_dir} test split lacks per-image 'severity' metadata")
+  labels, meta = check_eval_data(config.eval_data_dir, "test")
+  model = models.create_model(config.model, embedding_dim=config.embedding_dim)
+  predictor = inference.FlaxPredictor(model, inference.inference_variables(state),
+                                      image_size=config.image_size)
+  feats, quality, failures = inference.extract(
+      predictor, inference.records_source(config.eval_data_dir, "test"),
+      batch_size=config.get("eval_batch_size", 256), desc="held-out evaluation")
+  if failures:
+    raise ValueError(f"{len(failures)} held-out images could not be decoded, e.g. "
+                     f"{next(iter(failures.values()))}")
+  severity = np.array([m["severity"] for m in meta], np.float64)
   kinds = np.array([m.get("kind", "") for m in meta])
   wall = time.perf_counter() - (started if started is not None else t0)
-  return synthetic_report(feats, quality, labels, severity, out_dir=Path(out_dir),
-                          train_steps=int(state.step), wall_seconds=wall, kinds=kinds)
+  out_dir = Path(out_dir) if jax.process_index() == 0 else Path(out_dir) / \
+      f"process{jax.process_index()}"
+  return synthetic_report(feats, quality, labels, severity, out_dir=out_dir,
+                          train_steps=int(np.asarray(inference.host_local(state.step))),
+                          wall_seconds=wall, kinds=kinds)
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,29 +244,27 @@ def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_
                discard_limit: float | None = None, batch_size: int = 64) -> dict:
   """Evaluates every quality source with every FR source on every benchmark; writes one PNG
   per benchmark × FR × FMR × mode, results.json and auc_table.csv into `out_dir`."""
-  from crfiqa_jax import benchmarks as bm
-  from crfiqa_jax.score import Scorer
+  from crfiqa_jax import inference
+  from crfiqa_jax import pairsets as bm
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  scorers: dict[str, Scorer] = {}
+  predictors: dict = {}
 
-  def scorer(src):
-    if src not in scorers:
-      scorers[src] = Scorer.from_checkpoint(src, arch, batch_size=batch_size)
-    return scorers[src]
+  def infer(src, bench, features):
+    """(features, quality) of the benchmark's images with the model at `src` (streamed)."""
+    if src not in predictors:
+      predictors[src] = inference.load_predictor(src, arch)
+    feats, q, failures = inference.extract(predictors[src], bench.source, features=features,
+                                           batch_size=batch_size, dtype=np.float32,
+                                           desc=f"{bench.name} × {Path(src).name}")
+    for i, why in sorted(failures.items())[:20]:
+      log.warning("%s: %s: %s (its pairs are left out)", bench.name, bench.keys[i], why)
+    return feats, q
 
   results: dict = {}
   for spec in benchmarks:
     bench = bm.load_benchmark(spec)
     n = len(bench.keys)
-    images = None
-
-    def imgs():
-      nonlocal images
-      if images is None:
-        images = bench.load_images()
-      return images
-
     per_image_q: dict[str, np.ndarray] = {}
     for qspec in qualities:
       name, src = _spec(qspec)
@@ -279,7 +276,7 @@ def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_
           continue
         per_image_q[name] = -bench.severity
       elif _is_checkpoint(src):
-        per_image_q[name] = np.asarray(scorer(src)(imgs()), np.float64)
+        per_image_q[name] = np.asarray(infer(src, bench, "none")[1], np.float64)
       else:
         table = bm.load_quality_csv(src, bench.root)
         per_image_q[name] = np.array([table.get(k, np.nan) for k in bench.keys])
@@ -287,7 +284,7 @@ def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_
     for fspec in frs:
       fr_name, src = _spec(fspec)
       if _is_checkpoint(src):
-        feats = scorer(src).embed(imgs())[0].astype(np.float64)
+        feats = infer(src, bench, "concat")[0].astype(np.float64)
       else:
         emb = bm.load_embeddings(src, bench.root)
         dim = len(next(iter(emb.values())))

@@ -6,12 +6,19 @@ Layout (as distributed with the insightface IJB evaluation):
   ROOT/meta/ijbc_name_5pts_score.txt       "image x1 y1 … x5 y5 score" (loose-crop landmarks)
   ROOT/loose_crop/<image>                  the loose crops
 
-Template feature (REFERENCE §6): image feature = emb(img) + emb(flip); qualities min-max
-normalised over all images are the weights; weighted features are averaged within each
-media, summed over the media of a template and L2-normalised. Comparison score = cosine.
-TAR at FAR 1e-6 … 1e-1 with the fixed-threshold convention of `erc.fixed_threshold`
-(accept score > the (k+1)-th highest impostor score, k = floor(FAR·#impostors)).
-Template-pair ERC quality = min over the images of both templates.
+Template feature (REFERENCE §6, the released eval_ijbc_qs.py): image feature = raw
+emb(img) + raw emb(flip) (summed un-normalised, so the embedding norms weigh in, as the
+released use_norm_score); qualities min-max normalised over all images are the weights;
+weighted features are averaged within each media, summed over the media of a template and
+L2-normalised. Comparison score = cosine. TAR at FAR 1e-6 … 1e-1 with the fixed-threshold
+convention of `erc.fixed_threshold` (accept score > the (k+1)-th highest impostor score,
+k = floor(FAR·#impostors)), for unweighted and quality-weighted templates.
+
+ERC (the released erc_ijbc.py): on the UNWEIGHTED template scores (the quality must not
+also shape the features it is judged on), pair quality = min over the images of both
+templates, FNMR at FMR 1e-2/1e-3/1e-4 with the released recomputed threshold (cosine
+distance arccos/π, threshold re-chosen at each reject ratio) and with the standard fixed
+threshold (`erc` module docstring), plus the AUC over reject ratios 0 … 0.95.
 
     python -m crfiqa_jax.ijbc --root=IJBC --fr=CHECKPOINT_OR_NPZ --quality=CHECKPOINT_OR_CSV \
         --out=DIR [--arch=iresnet100]
@@ -142,7 +149,8 @@ def verify(features, quality, template_ids, media_ids, pairs, labels, *, weighte
 
 
 def main(argv=None) -> int:
-  from crfiqa_jax import benchmarks as bm
+  from crfiqa_jax import inference
+  from crfiqa_jax import pairsets as bm
   p = argparse.ArgumentParser(prog="python -m crfiqa_jax.ijbc", description=__doc__.split("\n\n")[0])
   p.add_argument("--root", required=True)
   p.add_argument("--fr", required=True, help="checkpoint, or .npz of image-sum embeddings")
@@ -155,40 +163,63 @@ def main(argv=None) -> int:
   try:
     root = Path(args.root)
     names, tids, mids, pairs, labels = read_meta(root)
-    images = None
+    source = None  # decoded and aligned on demand, streamed, when a model is asked for
     if any(Path(s).suffix not in (".npz", ".csv", ".txt") for s in (args.fr, args.quality)):
-      images = _aligned_images(root, names)
-    from crfiqa_jax.score import Scorer
+      source = aligned_source(root, names)
     if Path(args.fr).suffix == ".npz":
       emb = bm.load_embeddings(args.fr)
       feats = np.stack([emb[bm.canonical(n)] for n in names])
     else:
-      f2 = Scorer.from_checkpoint(args.fr, args.arch, batch_size=args.batch_size).embed(images)[0]
-      d = f2.shape[1] // 2
-      feats = f2[:, :d] + f2[:, d:]  # emb(img) + emb(flip), each L2-normalised
+      # Raw emb(img) + raw emb(flip), as the released eval_ijbc_qs.py (not normalised halves).
+      feats = inference.extract(inference.load_predictor(args.fr, args.arch), source,
+                                features="sum", batch_size=args.batch_size,
+                                desc="IJB-C FR")[0]
     if Path(args.quality).suffix in (".csv", ".txt"):
       qt = bm.load_quality_csv(args.quality)
       quality = np.array([qt[bm.canonical(n)] for n in names])
     else:
-      quality = Scorer.from_checkpoint(args.quality, args.arch, batch_size=args.batch_size)(images)
-    result = {}
-    for name, weighted in (("unweighted", False), ("quality_weighted", True)):
-      scores, tar, pair_q = verify(feats, quality, tids, mids, pairs, labels, weighted=weighted)
-      result[name] = {"tar_at_far": tar}
+      quality = inference.extract(inference.load_predictor(args.quality, args.arch), source,
+                                  features="none", batch_size=args.batch_size,
+                                  desc="IJB-C quality")[1]
+    result = evaluate(feats, quality, tids, mids, pairs, labels)
   except (ValueError, FileNotFoundError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  fnmr = erc.error_versus_reject(scores, labels, pair_q, fmr=[1e-3, 1e-4], threshold="fixed")
-  result["template_pair_erc_fixed"] = {"fmr": ["1e-3", "1e-4"], "fnmr": fnmr.tolist(),
-                                       "reject_ratios": erc.RELEASED_RATIOS.tolist()}
   (out / "ijbc.json").write_text(json.dumps(result, indent=1))
   print(json.dumps({k: v["tar_at_far"] for k, v in result.items() if "tar_at_far" in v}))
   return 0
 
 
-def _aligned_images(root: Path, names: list[str]) -> np.ndarray:
+ERC_FMRS = (1e-2, 1e-3, 1e-4)
+
+
+def evaluate(features, quality, template_ids, media_ids, pairs, labels) -> dict:
+  """TAR@FAR for unweighted and quality-weighted templates, and the template-pair ERC
+  (module docstring) of the unweighted ones in both threshold modes."""
+  result = {}
+  for name, weighted in (("unweighted", False), ("quality_weighted", True)):
+    scores, tar, pair_q = verify(features, quality, template_ids, media_ids, pairs, labels,
+                                 weighted=weighted)
+    result[name] = {"tar_at_far": tar}
+    if not weighted:
+      erc_scores, erc_quality = scores, pair_q
+  ratios = erc.RELEASED_RATIOS
+  for mode in erc.MODES:
+    fnmr = erc.error_versus_reject(erc_scores, labels, erc_quality, fmr=list(ERC_FMRS),
+                                   threshold=mode)
+    auc = [None if np.isnan(f).any() else erc.erc_auc(ratios, f) for f in fnmr]
+    result[f"template_pair_erc_{mode}"] = {
+        "templates": "unweighted", "fmr": [f"{f:.0e}" for f in ERC_FMRS],
+        "fnmr": [[None if np.isnan(v) else float(v) for v in f] for f in fnmr],
+        "auc": auc, "reject_ratios": ratios.tolist()}
+  return result
+
+
+def aligned_source(root: Path, names: list[str]):
+  """The loose crops of `names`, each aligned to 112×112 with its 5 landmarks when loaded."""
+  from crfiqa_jax import inference
   from crfiqa_jax.data.records import decode_image
   lm_file = root / "meta" / "ijbc_name_5pts_score.txt"
   if not lm_file.exists():
@@ -198,12 +229,18 @@ def _aligned_images(root: Path, names: list[str]) -> np.ndarray:
     parts = ln.split()
     if len(parts) >= 11:
       lms[parts[0]] = np.array(parts[1:11], np.float64).reshape(5, 2)
-  out = []
-  for n in names:
-    if n not in lms:
-      raise ValueError(f"no landmarks for {n} in {lm_file}")
-    out.append(align(decode_image((root / "loose_crop" / n).read_bytes()), lms[n]))
-  return np.stack(out)
+  missing = [n for n in names if n not in lms]
+  if missing:
+    raise ValueError(f"no landmarks for {missing[0]} (and {len(missing) - 1} more) in {lm_file}")
+
+  def load(i):
+    try:
+      img = decode_image((root / "loose_crop" / names[i]).read_bytes())
+    except Exception as e:
+      raise inference.SkipImage(f"unreadable ({type(e).__name__}: {e})") from None
+    return align(img, lms[names[i]])
+
+  return inference.ImageSource(load, len(names), lambda i: names[i])
 
 
 if __name__ == "__main__":

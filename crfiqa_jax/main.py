@@ -1,52 +1,61 @@
 """Entry point: python -m crfiqa_jax.main --config=NAME --workdir=DIR [--config.key=value ...]
 
-NAME resolves to configs/NAME.py (or give a path to a .py file with get_config()).
-All logic lives in importable modules; this file only parses, initialises and dispatches.
-Multi-host: pass --coordinator=HOST:PORT --num_processes=N --process_id=I (or nothing on a
-TPU pod, where jax.distributed finds its peers itself with --distributed).
+NAME is a named config shipped with the package (the repository's configs/ folder, installed
+as crfiqa_jax.configs: base, demo, small, large, ccs_small, ...) or a path to your own .py
+file with get_config() (it may start from `from crfiqa_jax.configs import base`).
+All logic lives in importable modules; this file only parses, initialises and dispatches
+to crfiqa_jax.experiment.train_and_evaluate.
+Multi-host: pass --coordinator=HOST:PORT --num_processes=N --process_id=I (or, on a TPU pod,
+--distributed, where jax.distributed finds its peers itself).
+
+Example:
+  python -m crfiqa_jax.main --config=demo --workdir=/tmp/crfiqa_demo --config.seed=1
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.resources
 import importlib.util
-import logging
 import sys
 from pathlib import Path
 
 import ml_collections
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_PACKAGE = "crfiqa_jax.configs"
 
 
 class ConfigError(ValueError):
   pass
 
 
-def config_path(name: str) -> Path:
-  """configs/NAME.py next to the package (or in the working directory), or a file path."""
-  if name.endswith(".py") or "/" in name:
+def available_configs() -> list[str]:
+  """Names of the configs shipped with the package."""
+  files = importlib.resources.files(CONFIG_PACKAGE)
+  return sorted(p.name[:-3] for p in files.iterdir()
+                if p.name.endswith(".py") and not p.name.startswith("_"))
+
+
+def _config_module(name: str):
+  """The module of a named config, or of a user's config file."""
+  if name.endswith(".py") or "/" in name or "\\" in name:
     path = Path(name)
-  else:
-    candidates = [REPO_ROOT / "configs" / f"{name}.py", Path.cwd() / "configs" / f"{name}.py"]
-    path = next((p for p in candidates if p.exists()), candidates[0])
-  if not path.exists():
-    available = sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.py")
-                       if not p.stem.startswith("_"))
-    raise ConfigError(f"No config {name!r} ({path} does not exist). Available: {available}")
-  return path
+    if not path.exists():
+      raise ConfigError(f"No config file {path}. Named configs: {available_configs()}")
+    spec = importlib.util.spec_from_file_location(f"_crfiqa_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  if name not in available_configs():
+    raise ConfigError(f"No config {name!r}. Named configs: {available_configs()} "
+                      "(or pass a path to your own .py file with get_config())")
+  return importlib.import_module(f"{CONFIG_PACKAGE}.{name}")
 
 
 def load_config(name: str, overrides: dict[str, str] | None = None) -> ml_collections.ConfigDict:
-  """Loads configs/NAME.py:get_config() and applies 'key=value' overrides (dotted keys)."""
-  path = config_path(name)
-  root = str(path.resolve().parent.parent)
-  if root not in sys.path:
-    sys.path.insert(0, root)  # lets configs import each other as `configs.base`
-  spec = importlib.util.spec_from_file_location(f"_crfiqa_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  """A named config (or a config file) with 'key=value' overrides (dotted keys) applied."""
+  config = _config_module(name).get_config()
   for key, raw in (overrides or {}).items():
     set_override(config, key, raw)
   config.lock()
@@ -116,7 +125,8 @@ def main(argv: list[str] | None = None):
   except ConfigError as e:
     sys.exit(f"error: {e}")
 
-  flags.DEFINE_string("config", None, "config name (configs/NAME.py) or path", required=True)
+  flags.DEFINE_string("config", None, "named config (demo, small, large, ...) or a .py path",
+                      required=True)
   flags.DEFINE_string("workdir", None, "checkpoints, metrics and reports go here",
                       required=True)
   flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (TPU pods, "
@@ -128,9 +138,9 @@ def main(argv: list[str] | None = None):
 
   def _main(_):
     import jax
-    # Our progress at INFO; the libraries' (orbax, grain, tfds) chatter only from WARNING.
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("crfiqa_jax").setLevel(logging.INFO)
+
+    from crfiqa_jax import cli
+    cli.quiet_logging()
     if FLAGS.distributed or FLAGS.coordinator:
       jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
                                  num_processes=FLAGS.num_processes,
@@ -139,12 +149,10 @@ def main(argv: list[str] | None = None):
       config = load_config(FLAGS.config, overrides)
     except ConfigError as e:
       sys.exit(f"error: {e}")
-    from crfiqa_jax import train
-    try:
-      train.train_and_evaluate(config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-      logging.debug("traceback", exc_info=True)
-      sys.exit(f"error: {e}")
+    from crfiqa_jax import experiment
+    rc = cli.run(lambda: experiment.train_and_evaluate(config, FLAGS.workdir) and None)
+    if rc:
+      sys.exit(rc)
 
   app.run(_main, argv=rest)
 

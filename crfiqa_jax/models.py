@@ -32,6 +32,15 @@ def _conv_init(key, shape, dtype=jnp.float32):
   return 0.1 * jax.random.normal(key, shape, dtype)
 
 
+def _torch_linear_init(fan_in: int):
+  # torch.nn.Linear's default for weight and bias: U(-1/√fan_in, 1/√fan_in).
+  bound = fan_in ** -0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
 class PReLU(nn.Module):
   """Per-channel PReLU, slope initialised to 0.25 like torch.nn.PReLU."""
 
@@ -103,9 +112,12 @@ class IResNet(nn.Module):
     x = norm(name="bn2")(x)
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    x = nn.Dense(self.embedding_dim, dtype=self.dtype, name="fc")(x)
+    fc_init = _torch_linear_init(x.shape[-1])
+    x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=fc_init, bias_init=fc_init,
+                 name="fc")(x)
     emb = norm(name="features")(x).astype(jnp.float32)
-    quality = nn.Dense(1, name="qs")(emb)[:, 0]
+    qs_init = _torch_linear_init(emb.shape[-1])
+    quality = nn.Dense(1, kernel_init=qs_init, bias_init=qs_init, name="qs")(emb)[:, 0]
     return emb, quality
 
 

@@ -24,7 +24,14 @@ def learning_rate(base_lr: float, global_batch: int) -> float:
 
 def step_schedule(peak_lr: float, steps_per_epoch: int, decay_epochs: Sequence[float],
                   factor: float = 0.1) -> optax.Schedule:
-  """Piecewise-constant lr: ×factor at each epoch in `decay_epochs` (counted in steps)."""
+  """Piecewise-constant lr: ×factor after each number of epochs in `decay_epochs`, i.e.
+  from step round(e·steps_per_epoch) on.
+
+  The released code's `lr_step_func` under torch LambdaLR (stepped once per epoch, epochs
+  counted from 0) gives lr(epoch) = base·0.1^|{m ∈ MILESTONES : m - 1 ≤ epoch}|: its
+  milestone m takes effect after m - 1 epochs, so the released schedule is
+  decay_epochs = [m - 1 for m in MILESTONES] (configs/small.py, configs/large.py).
+  """
   boundaries = {int(round(e * steps_per_epoch)): factor for e in decay_epochs}
   return optax.piecewise_constant_schedule(peak_lr, boundaries)
 

@@ -14,10 +14,10 @@ skipped (and why) is printed at the end and kept in the dataset metadata.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 
+from crfiqa_jax import cli
 from crfiqa_jax.data import converters, records, synthetic
 
 
@@ -35,14 +35,17 @@ def _parser():
     s.add_argument("--image-size", type=int, default=112,
                    help="required side of the aligned faces; 0 accepts any size")
     s.add_argument("--shards", type=int, default=0, help="ArrayRecord files (0 = by size)")
+  # The defaults are the demo's (configs/demo.py), so `prepare synthetic` makes its data.
+  from crfiqa_jax.configs import demo
+  d = demo.get_config()
   s = sub.add_parser("synthetic")
   s.add_argument("out")
-  s.add_argument("--identities", type=int, default=300)
-  s.add_argument("--per-identity", type=int, default=24)
-  s.add_argument("--eval-identities", type=int, default=60)
-  s.add_argument("--eval-per-identity", type=int, default=10)
-  s.add_argument("--image-size", type=int, default=64)
-  s.add_argument("--seed", type=int, default=0)
+  s.add_argument("--identities", type=int, default=d.synthetic.identities)
+  s.add_argument("--per-identity", type=int, default=d.synthetic.per_identity)
+  s.add_argument("--eval-identities", type=int, default=d.synthetic.eval_identities)
+  s.add_argument("--eval-per-identity", type=int, default=d.synthetic.eval_per_identity)
+  s.add_argument("--image-size", type=int, default=d.image_size)
+  s.add_argument("--seed", type=int, default=d.synthetic.seed)
   return p
 
 
@@ -85,13 +88,11 @@ def run(args) -> str:
 
 
 def main(argv=None):
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
   args = _parser().parse_args(argv)
-  try:
-    print(run(args), flush=True)
-  except (ValueError, FileNotFoundError, FileExistsError, converters.UnsafePickleError) as e:
-    sys.exit(f"error: {e}")
+  cli.quiet_logging()
+  rc = cli.run(lambda: print(run(args), flush=True))
+  if rc:
+    sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,25 @@
-"""Face image quality scores for a folder or list of aligned faces.
+"""Face image quality scores for a folder or list of aligned faces, written as they come.
 
     python -m crfiqa_jax.score --checkpoint=PATH --input=DIR_OR_LIST --output=scores.csv
 
-PATH: a training workdir, a directory written by `python -m crfiqa_jax.convert`, or a
-released PyTorch .pth (with --arch, or detected from its block counts). Input: a folder
-(searched recursively for images, sorted) or a text file with one image path per line.
-Output: CSV `path,quality` with one row per input, in input order. Quality is the raw
+PATH: a training workdir, a directory written by `python -m crfiqa_jax.convert`, a released
+PyTorch .pth (with --arch, or detected from its block counts) or an exported .onnx file.
+Input: a folder (searched recursively for images, sorted) or a text file with one image
+path per line. Output: CSV `path,quality`, one row per input in input order, appended
+batch by batch, so a killed run keeps what it scored; `--resume` continues it (no image
+scored twice, the final file equal to an uninterrupted run's). Quality is the raw
 regression output (higher = better). Images that are not image_size × image_size are
 resized (bilinear) with a warning, or refused with --strict. Unreadable or refused images
-are reported on stderr and written with an empty quality; the exit code is then 1.
+get an empty quality and their reason on stderr; the exit code is then 1.
+
+Several processes (`--coordinator/--num_processes/--process_id`, or `--distributed` on a
+TPU pod): each scores a contiguous slice into OUTPUT.part-I-of-N; process 0 joins them.
 """
 
 from __future__ import annotations
 
-import argparse
-import concurrent.futures
 import csv
+import io
 import logging
 import sys
 from pathlib import Path
@@ -23,10 +27,12 @@ from typing import Sequence
 
 import numpy as np
 
+from crfiqa_jax import cli, inference
 from crfiqa_jax.data.converters import IMAGE_EXTENSIONS
-from crfiqa_jax.data.records import decode_image
+from crfiqa_jax.inference import Scorer  # noqa: F401  (the Python API, re-exported)
 
 log = logging.getLogger(__name__)
+HEADER = ["path", "quality"]
 
 
 def list_inputs(spec: str | Path) -> list[str]:
@@ -43,116 +49,129 @@ def list_inputs(spec: str | Path) -> list[str]:
   raise FileNotFoundError(f"--input {spec} is neither a folder nor a list file")
 
 
-def load_image(path: str, size: int, strict: bool) -> tuple[np.ndarray | None, str | None]:
-  """(uint8 [size, size, 3], None) or (None, reason)."""
-  try:
-    img = decode_image(Path(path).read_bytes())
-  except Exception as e:
-    return None, f"unreadable ({type(e).__name__}: {e})"
-  if img.shape[:2] != (size, size):
-    if strict:
-      return None, f"is {img.shape[1]}x{img.shape[0]}, not {size}x{size} (--strict)"
-    from PIL import Image
-    img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
-    log.warning("%s is not %dx%d: resized (faces must be aligned for meaningful scores)",
-                path, size, size)
-  return img, None
+def _format(q: float) -> str:
+  return "" if not np.isfinite(q) else f"{q:.7g}"
 
 
-class Scorer:
-  """Jitted, batched quality (and embedding) prediction for one model.
-
-  `scorer(images uint8 [N, H, W, 3])` → quality [N]; `scorer.embed(images, flip=True)` →
-  (features [N, 2D] as the released evaluation, quality [N]).
-  """
-
-  def __init__(self, model, variables, *, batch_size: int = 64, image_size: int = 112):
-    from crfiqa_jax import train
-    self.variables = variables
-    self.batch_size = batch_size
-    self.image_size = image_size
-    self._predict = train.predict_fn(model)
-
-  def __call__(self, images: np.ndarray) -> np.ndarray:
-    return self.embed(images, flip=False)[1]
-
-  def embed(self, images: np.ndarray, flip: bool = True):
-    from crfiqa_jax import evaluate
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-      raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
-    return evaluate.extract(self._predict, self.variables, images, batch_size=self.batch_size,
-                            flip=flip)
-
-  @classmethod
-  def from_checkpoint(cls, path, arch: str | None = None, **kw) -> "Scorer":
-    from crfiqa_jax import convert
-    model, variables, info = convert.load_model(path, arch)
-    return cls(model, variables, image_size=info.get("image_size", 112), **kw)
+def completed_rows(output: Path, names: Sequence[str]) -> int:
+  """Rows of an interrupted `output` that can be kept: every complete line whose path is
+  the expected input; a torn last line is cut off. Raises if the file belongs to other
+  inputs."""
+  if not output.exists():
+    return 0
+  data = output.read_bytes()
+  keep = data[:data.rfind(b"\n") + 1]  # a line without its newline was torn by the kill
+  rows = list(csv.reader(io.StringIO(keep.decode())))
+  if not rows:
+    output.write_bytes(b"")
+    return 0
+  if rows[0][:2] != HEADER:
+    raise ValueError(f"{output} is not a scores CSV (header {rows[0]}); use a new --output")
+  body = rows[1:]
+  if len(body) > len(names):
+    raise ValueError(f"{output} has {len(body)} rows but there are {len(names)} inputs: "
+                     "not a run over these inputs; use a new --output")
+  for i, row in enumerate(body):
+    if row[0] != names[i]:
+      raise ValueError(f"{output} row {i + 1} is {row[0]!r}, the input list has "
+                       f"{names[i]!r} there: not a run over these inputs; use a new --output")
+  if len(keep) != len(data):
+    output.write_bytes(keep)
+  return len(body)
 
 
-def score_files(scorer: Scorer, paths: Sequence[str], *, strict: bool = False,
-                progress: bool = True) -> tuple[np.ndarray, dict[int, str]]:
-  """Quality per path (NaN where it failed) and {index: reason} of the failures."""
-  quality = np.full(len(paths), np.nan)
+def score_to_csv(predictor, names: Sequence[str], source: inference.ImageSource,
+                 output: str | Path, *, positions: range | None = None,
+                 batch_size: int = 64, resume: bool = False,
+                 progress: bool | None = None) -> dict[int, str]:
+  """Scores `positions` (default all) of `source` into `output`, flushing every batch;
+  returns {position: reason} of the images that failed in this run."""
+  output = Path(output)
+  positions = range(len(names)) if positions is None else positions
+  done = completed_rows(output, [names[i] for i in positions]) if resume else 0
+  if done:
+    log.info("resuming %s: %d of %d rows already scored", output, done, len(positions))
   failures: dict[int, str] = {}
-  bs = scorer.batch_size
-  try:
-    from tqdm import tqdm
-    bar = tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr)
-  except ImportError:
-    bar = None
-  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-    for start in range(0, len(paths), bs):
-      idx = list(range(start, min(start + bs, len(paths))))
-      loaded = list(pool.map(lambda i: load_image(paths[i], scorer.image_size, strict), idx))
-      ok = [(i, img) for i, (img, err) in zip(idx, loaded) if img is not None]
-      for i, (_, err) in zip(idx, loaded):
-        if err is not None:
-          failures[i] = err
-      if ok:
-        quality[[i for i, _ in ok]] = scorer(np.stack([img for _, img in ok]))
-      if bar is not None:
-        bar.update(len(idx))
-  if bar is not None:
-    bar.close()
-  return quality, failures
-
-
-def write_csv(path: str | Path, paths: Sequence[str], quality: np.ndarray):
-  with open(path, "w", newline="") as f:
+  with open(output, "a" if done else "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["path", "quality"])
-    for p, q in zip(paths, quality):
-      w.writerow([p, "" if np.isnan(q) else f"{q:.7g}"])
+    if not done:
+      w.writerow(HEADER)
+    for b in inference.stream(predictor, source, positions=positions[done:],
+                              batch_size=batch_size, progress=progress, desc="scoring"):
+      q = dict(zip(b.indices.tolist(), b.quality.tolist()))
+      for i in b.positions:
+        w.writerow([names[i], _format(q.get(i, np.nan))])
+      failures.update(b.failures)
+      f.flush()
+  return failures
+
+
+def _join_parts(output: Path, parts: list[Path]):
+  with open(output, "w", newline="") as out:
+    for k, p in enumerate(parts):
+      lines = p.read_text().splitlines(keepends=True)
+      out.writelines(lines if k == 0 else lines[1:])
+  for p in parts:
+    p.unlink()
+
+
+def run(args) -> int:
+  import jax
+  paths = list_inputs(args.input)
+  if not paths:
+    raise ValueError(f"no images found in {args.input}")
+  predictor = inference.load_predictor(args.checkpoint, args.arch)
+  source = inference.files_source(paths, image_size=predictor.image_size, strict=args.strict)
+  output = Path(args.output)
+  n_proc = jax.process_count()
+  if n_proc > 1:
+    me = jax.process_index()
+    part = output.with_name(f"{output.name}.part-{me:05d}-of-{n_proc:05d}")
+    failures = score_to_csv(predictor, paths, source, part,
+                            positions=inference.process_slice(len(paths)),
+                            batch_size=args.batch_size, resume=args.resume)
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("crfiqa_jax.score parts written")
+    if me == 0:
+      _join_parts(output, [output.with_name(f"{output.name}.part-{k:05d}-of-{n_proc:05d}")
+                           for k in range(n_proc)])
+    multihost_utils.sync_global_devices("crfiqa_jax.score joined")
+  else:
+    failures = score_to_csv(predictor, paths, source, output, batch_size=args.batch_size,
+                            resume=args.resume)
+  for i, why in sorted(failures.items()):
+    print(f"failed: {paths[i]}: {why}", file=sys.stderr)
+  with open(output, newline="") as f:
+    empty = sum(1 for row in csv.DictReader(f) if row["quality"] == "")
+  if jax.process_index() == 0:
+    print(f"scored {len(paths) - empty}/{len(paths)} images → {output}", file=sys.stderr)
+  return 1 if empty else 0
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m crfiqa_jax.score",
-                              description=__doc__.split("\n\n")[0])
-  p.add_argument("--checkpoint", required=True)
+  p = cli.parser("crfiqa_jax.score", __doc__,
+                 "python -m crfiqa_jax.score --checkpoint=runs/crfiqa_s --input=faces/ "
+                 "--output=scores.csv")
+  p.add_argument("--checkpoint", required=True,
+                 help="training workdir, converted model dir, released .pth or .onnx")
   p.add_argument("--input", required=True, help="folder of images or list file")
   p.add_argument("--output", required=True, help="CSV to write")
   p.add_argument("--arch", default=None, help="architecture of a .pth checkpoint")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--strict", action="store_true", help="refuse images of the wrong size")
+  p.add_argument("--resume", action="store_true",
+                 help="continue an interrupted run into the same --output")
+  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
+  p.add_argument("--distributed", action="store_true", help="jax.distributed on a TPU pod")
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-  try:
-    paths = list_inputs(args.input)
-    if not paths:
-      raise ValueError(f"no images found in {args.input}")
-    scorer = Scorer.from_checkpoint(args.checkpoint, args.arch, batch_size=args.batch_size)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  quality, failures = score_files(scorer, paths, strict=args.strict)
-  write_csv(args.output, paths, quality)
-  for i, why in sorted(failures.items()):
-    print(f"failed: {paths[i]}: {why}", file=sys.stderr)
-  print(f"scored {len(paths) - len(failures)}/{len(paths)} images → {args.output}",
-        file=sys.stderr)
-  return 1 if failures else 0
+  cli.quiet_logging()
+  if args.distributed or args.coordinator:
+    import jax
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
+  return cli.run(lambda: run(args))
 
 
 if __name__ == "__main__":

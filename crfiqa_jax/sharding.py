@@ -42,15 +42,19 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> int:
 
 
 def state_shardings(abstract_state, mesh: Mesh, shard_centres: bool):
-  """NamedShardings for a TrainState pytree: centres (and their optimiser slots) split along
-  the class axis when `shard_centres`, everything else replicated."""
+  """NamedShardings for a TrainState pytree: centres [D, C] (and their optimiser slots) and
+  IG-FIQA's class_ccs [C] split along the class axis when `shard_centres`, everything else
+  replicated."""
   replicated = NamedSharding(mesh, P())
   by_class = NamedSharding(mesh, P(None, DATA))
+  by_class_1d = NamedSharding(mesh, P(DATA))
 
   def choose(path, leaf):
     keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
     if shard_centres and "centres" in keys and getattr(leaf, "ndim", 0) == 2:
       return by_class
+    if shard_centres and "class_ccs" in keys and getattr(leaf, "ndim", 0) == 1:
+      return by_class_1d
     return replicated
 
   return jax.tree_util.tree_map_with_path(choose, abstract_state)

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from crfiqa_jax import checkpointing, input_pipeline, losses, models, optim, sharding
+from crfiqa_jax import (augment, checkpointing, input_pipeline, losses, models, optim, sharding,
+                        warmstart)
 from crfiqa_jax.data.records import read_info
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array     # raw uint32[2] key; folded with the step each update
+  class_ccs: Any = None  # IG-FIQA only: running CCS per class [C_padded] (else None)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,9 +55,9 @@ def build_model(config) -> models.IResNet:
 
 
 def init_state(rng, *, model, tx, image_size: int, num_classes: int,
-               num_classes_padded: int) -> TrainState:
+               num_classes_padded: int, method: str = "crfiqa") -> TrainState:
   """Initial TrainState; centres [D, C_padded] ~ N(0, 0.01) (padding drawn separately so the
-  real columns do not depend on the padding)."""
+  real columns do not depend on the padding); IG-FIQA's class_ccs [C_padded] = 1."""
   k_model, k_centres, k_pad, k_state = jax.random.split(rng, 4)
   variables = model.init({"params": k_model, "dropout": k_model},
                          jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
@@ -65,44 +67,56 @@ def init_state(rng, *, model, tx, image_size: int, num_classes: int,
     pad = 0.01 * jax.random.normal(k_pad, (d, num_classes_padded - num_classes))
     centres = jnp.concatenate([centres, pad], axis=1)
   params = {"backbone": variables["params"], "centres": centres}
+  class_ccs = jnp.ones((num_classes_padded,), jnp.float32) if method == "igfiqa" else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables["batch_stats"], opt_state=tx.init(params),
-                    rng=k_state)
-
-
-def load_init(state: TrainState, config, shardings) -> TrainState:
-  """Replaces the backbone (and BN statistics) of a fresh state by those of
-  `config.init_checkpoint` (.pth, exported model or training workdir); the class centres
-  and optimiser state stay fresh. For fine-tuning and the paper's "on top" ablation."""
-  from crfiqa_jax import convert
-  _, variables, info = convert.load_model(config.init_checkpoint, config.model)
-  if info["arch"] != config.model or info["embedding_dim"] != config.embedding_dim:
-    raise ValueError(f"init_checkpoint {config.init_checkpoint} is {info['arch']} "
-                     f"(embedding {info['embedding_dim']}), the config wants {config.model} "
-                     f"(embedding {config.embedding_dim})")
-  want = jax.tree.map(lambda x: (x.shape, x.dtype), (state.params["backbone"],
-                                                     state.batch_stats))
-  got = jax.tree.map(lambda x: (tuple(np.shape(x)), jnp.asarray(x).dtype),
-                     (variables["params"], variables["batch_stats"]))
-  if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
-    raise ValueError(f"init_checkpoint {config.init_checkpoint} does not fit the model of this "
-                     "config (parameter shapes differ; check image_size and embedding_dim)")
-  new = state.replace(params={**state.params, "backbone": variables["params"]},
-                      batch_stats=variables["batch_stats"])
-  log.info("Initialised the backbone from %s", info.get("source", config.init_checkpoint))
-  return jax.device_put(new, shardings)
+                    rng=k_state, class_ccs=class_ccs)
 
 
 # ---------------------------------------------------------------------------------------
 # The train step (module level, pure).
 # ---------------------------------------------------------------------------------------
 
+class IGSettings(NamedTuple):
+  """Static IG-FIQA settings of the train step."""
+
+  steps_per_epoch: int
+  num_epochs: float             # E of α = 0.9 + 0.1·epoch/E
+  backbone_grad: bool = True    # the augmented quality loss also trains the backbone
+  augment: augment.AugmentParams = augment.AugmentParams()
+
+
+def _quality_head(backbone_params, emb: jax.Array) -> jax.Array:
+  """The model's `qs` Dense(1) applied to embeddings [B, D] → [B] (used where the head
+  must see a stop-gradient embedding)."""
+  qs = backbone_params["qs"]
+  return emb @ qs["kernel"][:, 0] + qs["bias"][0]
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwargs: dict,
-               num_classes: int, embedding_sharding=None, margin_ramp_steps: int = 0):
+               num_classes: int, embedding_sharding=None, ig: IGSettings | None = None,
+               frozen_backbone: bool = False, margin_ramp_steps: int = 0):
   """One SGD step on a global batch {"image": uint8 [B,H,W,3], "label": int32 [B]}.
 
+  CR-FIQA (ig None): one forward of the batch; L = L_Arc + λ·L_CR (losses.crfiqa_loss).
+
+  IG-FIQA (ig given): the clean batch and an augmented copy (augment.augment) go through
+  the same backbone in training mode; losses.igfiqa_loss takes the ArcFace term from the
+  clean embeddings and the weighted regression term from the augmented ones. Only the
+  quality head's output carries the augmented pass's gradient: its CR target and the
+  class_ccs update are stop-gradient (so the centres learn from clean images only), and
+  its BatchNorm running-statistics update is discarded (the running statistics used at
+  inference stay those of clean images). With ig.backbone_grad (default) that gradient
+  flows through the head into the backbone, as CR-FIQA's quality loss does and as
+  IG-FIQA's pseudo-code (no detach) has it; with backbone_grad False the augmented
+  embedding is stop-gradient and only `qs` learns from it.
+
+  frozen_backbone ("on top", trainable="qs"): the backbone runs in inference mode (BN
+  running statistics, no dropout), its embedding is stop-gradient and batch_stats stay.
+
   Returns (new_state, metrics) with scalar metrics: loss, loss_arc, loss_cr, cr, ccs, nnccs
-  (batch means), lr, grad_norm (global norm of the raw gradient).
+  (batch means; the augmented batch's for IG-FIQA), lr, grad_norm (global norm of the raw
+  gradient), and for IG-FIQA ig_weight (mean w) and ig_alpha.
   """
   TRACE_COUNT["train_step"] += 1
   rng = jax.random.fold_in(state.rng, state.step)
@@ -111,18 +125,47 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
     ramp = jnp.minimum(1.0, state.step.astype(jnp.float32) / margin_ramp_steps)
     loss_kwargs = {**loss_kwargs, "margin": loss_kwargs["margin"] * ramp}
 
-  def loss_fn(params):
-    (emb, quality), new_vars = model.apply(
-        {"params": params["backbone"], "batch_stats": state.batch_stats}, images, train=True,
-        rngs={"dropout": rng}, mutable=["batch_stats"])
+  def forward(params, x, key):
+    """(embedding, quality, new batch_stats) of one pass."""
+    variables = {"params": params["backbone"], "batch_stats": state.batch_stats}
+    if frozen_backbone:
+      emb, _ = model.apply(variables, x, train=False)
+      emb = jax.lax.stop_gradient(emb)
+      quality, batch_stats = _quality_head(params["backbone"], emb), state.batch_stats
+    else:
+      (emb, quality), new_vars = model.apply(variables, x, train=True, rngs={"dropout": key},
+                                             mutable=["batch_stats"])
+      batch_stats = new_vars["batch_stats"]
     if embedding_sharding is not None:
       # Partial-FC layout: gather the (small) embeddings, keep centres split by class.
       emb = jax.lax.with_sharding_constraint(emb, embedding_sharding)
-    out = losses.crfiqa_loss(emb, quality, params["centres"], batch["label"],
-                             num_classes=num_classes, **loss_kwargs)
-    return out.loss, (out, new_vars["batch_stats"])
+    return emb, quality, batch_stats
 
-  (_, (out, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if ig is None:
+    def loss_fn(params):
+      emb, quality, batch_stats = forward(params, images, rng)
+      out = losses.crfiqa_loss(emb, quality, params["centres"], batch["label"],
+                               num_classes=num_classes, **loss_kwargs)
+      return out.loss, (out, batch_stats, {})
+  else:
+    k_aug, k_drop_aug = jax.random.split(jax.random.fold_in(rng, 1))
+    aug_images = input_pipeline.normalize(augment.augment(batch["image"], k_aug, ig.augment))
+    epoch = (state.step // ig.steps_per_epoch).astype(jnp.float32)
+    alpha = 0.9 + 0.1 * epoch / ig.num_epochs
+
+    def loss_fn(params):
+      emb, _, batch_stats = forward(params, images, rng)
+      aug_emb, aug_quality, _ = forward(params, aug_images, k_drop_aug)  # stats discarded
+      if not ig.backbone_grad:
+        aug_emb = jax.lax.stop_gradient(aug_emb)
+        aug_quality = _quality_head(params["backbone"], aug_emb)
+      out, class_ccs, w = losses.igfiqa_loss(
+          emb, aug_emb, aug_quality, params["centres"], batch["label"], state.class_ccs,
+          alpha=alpha, num_classes=num_classes, **loss_kwargs)
+      return out.loss, (out, batch_stats, {"class_ccs": class_ccs, "ig_weight": w.mean()})
+
+  (_, (out, batch_stats, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": out.loss, "loss_arc": out.loss_arc, "loss_cr": out.loss_cr,
@@ -130,6 +173,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
              "lr": schedule(state.step), "grad_norm": optax.global_norm(grads)}
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
+  if ig is not None:
+    metrics.update(ig_weight=extra["ig_weight"], ig_alpha=alpha)
+    new_state = new_state.replace(class_ccs=extra["class_ccs"])
   return new_state, metrics
 
 
@@ -163,9 +209,18 @@ class Trainer:
                                    weight_decay=config.weight_decay,
                                    clip_norm=config.clip_norm, trainable=config.trainable)
     self.model = build_model(config)
+    warmstart.check_on_top(config)
+    if config.method not in ("crfiqa", "igfiqa"):
+      raise ValueError(f"method must be 'crfiqa' or 'igfiqa', got {config.method!r}")
+    ig = None
+    if config.method == "igfiqa":
+      ig = IGSettings(steps_per_epoch=self.steps_per_epoch,
+                      num_epochs=max(1.0, self.total_steps / self.steps_per_epoch),
+                      backbone_grad=config.ig_backbone_grad)
     self._init = functools.partial(init_state, model=self.model, tx=self.tx,
                                    image_size=config.image_size, num_classes=num_classes,
-                                   num_classes_padded=self.num_classes_padded)
+                                   num_classes_padded=self.num_classes_padded,
+                                   method=config.method)
     rng = jax.random.PRNGKey(config.seed)
     self.abstract_state = jax.eval_shape(self._init, rng)
     self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh,
@@ -174,7 +229,8 @@ class Trainer:
     step = functools.partial(
         train_step, model=self.model, tx=self.tx, schedule=self.schedule,
         loss_kwargs=loss_kwargs_from_config(config), num_classes=num_classes,
-        embedding_sharding=repl if config.shard_centres else None,
+        embedding_sharding=repl if config.shard_centres else None, ig=ig,
+        frozen_backbone=config.trainable == "qs",
         margin_ramp_steps=int(round(config.get("margin_ramp_epochs", 0) * self.steps_per_epoch)))
     batch_sh = sharding.batch_sharding(self.mesh)
     self.step_fn = jax.jit(step, in_shardings=(self.state_shardings, batch_sh),
@@ -221,58 +277,48 @@ def dataset_facts(config) -> tuple[int, int]:
   return int(info["num_classes"]), int(n_train)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """The main job: synthetic data if the config asks for it, training, then the ERC
-  evaluation of `config.eval_data_dir` (if set) into workdir/eval."""
-  started = time.perf_counter()
-  if config.synthetic:
-    from crfiqa_jax.data import synthetic
-    if not config.data_dir:
-      with config.unlocked():
-        config.data_dir = str(Path(workdir) / "data")
-        config.eval_data_dir = config.eval_data_dir or config.data_dir
-    if jax.process_index() == 0:
-      synthetic.ensure_dataset(config)
-  state = train(config, workdir)
-  if config.eval_data_dir and jax.process_index() == 0:
-    from crfiqa_jax import evaluate
-    m = evaluate.evaluate_checkpoint_state(state, config, Path(workdir) / "eval",
-                                           started=started)
-    _print_summary(m, Path(workdir) / "eval")
-  return state
+# Config fields that must agree between a workdir's checkpoints and a run resuming them.
+RESUME_KEYS = ("model", "embedding_dim", "image_size", "method", "num_classes")
 
 
-def _print_summary(m: dict, out_dir: Path):
-  auc = m["erc_auc"]
-  lines = [
-      "",
-      f"Held-out evaluation ({m['num_identities']} unseen identities, {m['num_images']} images, "
-      f"{m['num_pairs']:,} pairs) after {m['train_steps']} steps, {m['wall_seconds']:.0f} s:",
-      f"  Spearman(predicted quality, true degradation severity) = "
-      f"{m['spearman_quality_vs_severity']:+.3f}  (-1 = perfect, 0 = no relation)",
-  ]
-  for mode in auc:
-    for f, r in auc[mode].items():
-      gain = 1 - r["learned"] / r["random"] if r["random"] else float("nan")
-      lines.append(f"  ERC AUC [{mode:10s} FMR={f}] learned {r['learned']:.4f}  random "
-                   f"{r['random']:.4f}  oracle {r['oracle']:.4f}  → {100 * gain:.0f}% below "
-                   "random")
-  lines.append(f"  Lower AUC = rejecting the lowest-quality pairs removes more errors. "
-               f"Plot: {out_dir / 'erc.png'}; numbers: {out_dir / 'metrics.json'}")
-  print("\n".join(lines), flush=True)
+def check_resume_config(config, workdir) -> None:
+  """On resume, the workdir's config must describe the same model and data (one line,
+  naming the key to change); a fresh workdir passes."""
+  workdir = Path(workdir)
+  saved = workdir / "config.json"
+  if not saved.exists() or not (workdir / "checkpoints").exists():
+    return
+  old = json.loads(saved.read_text())
+  now = {k: config[k] for k in RESUME_KEYS if k in config}
+  now["num_classes"] = dataset_facts(config)[0]
+  for key in RESUME_KEYS:
+    if key in old and key in now and old[key] != now[key]:
+      if key == "num_classes":
+        raise ValueError(f"{workdir} holds checkpoints trained on {old[key]} classes; "
+                         f"--config.data_dir={config.data_dir} has {now[key]}: use that "
+                         "run's data_dir, or a fresh --workdir")
+      raise ValueError(f"{workdir} holds checkpoints trained with {key}={old[key]!r}; this run "
+                       f"has {key}={config[key]!r}: pass --config.{key}={old[key]!r} to resume, "
+                       "or use a fresh --workdir")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains per `config`, checkpointing to and resuming from `workdir`; returns the state."""
+def train(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> TrainState:
+  """Trains per `config`, checkpointing to and resuming from `workdir`; returns the state.
+
+  `mesh` defaults to every device of every process; a checkpoint written on one device
+  count resumes on another (checkpointing.restore)."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
-  if is_main:  # lets score/evaluate rebuild the model from a workdir alone
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+  check_resume_config(config, workdir)
 
   # --- Data facts, mesh, model, optimiser, jitted step. ---
   num_classes, num_examples = dataset_facts(config)
-  trainer = Trainer(config, num_classes=num_classes, num_examples=num_examples)
+  if is_main:  # lets score/evaluate/analyze rebuild the model from a workdir alone
+    saved = json.loads(config.to_json_best_effort())
+    (workdir / "config.json").write_text(json.dumps({**saved, "num_classes": num_classes},
+                                                    indent=1))
+  trainer = Trainer(config, num_classes=num_classes, num_examples=num_examples, mesh=mesh)
   if is_main:
     log.info("devices=%d processes=%d model=%s classes=%d (padded %d) examples=%d "
              "steps/epoch=%d total_steps=%d peak_lr=%.4g", trainer.mesh.size,
@@ -295,7 +341,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   else:
     state = trainer.init()
     if config.init_checkpoint:
-      state = load_init(state, config, trainer.state_shardings)
+      state = warmstart.load_init(state, config, trainer)
 
   # --- Loop. ---
   writer = open(workdir / "metrics.jsonl", "a") if is_main else None
@@ -336,21 +382,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     if close:
       close()
   return state
-
-
-def predict_fn(model):
-  """Jitted eval-mode forward: (variables, uint8 or float images) → (embedding, quality)."""
-
-  @jax.jit
-  def predict(variables, images):
-    x = input_pipeline.normalize(images) if images.dtype == jnp.uint8 else images
-    return model.apply(variables, x, train=False)
-
-  return predict
-
-
-def inference_variables(state: TrainState) -> dict:
-  return {"params": state.params["backbone"], "batch_stats": state.batch_stats}
 
 
 def as_numpy(tree):

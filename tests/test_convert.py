@@ -107,3 +107,43 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
   with pytest.raises(ValueError, match="not a PyTorch zip"):
     (tmp_path / "legacy.pth").write_bytes(b"\x80\x02not a zip")
     convert.read_pth(tmp_path / "legacy.pth")
+
+
+def test_plain_arcface_backbone_without_qs_when_asked(tmp_path):
+  ref = torch_iresnet.randomize_(torch_iresnet.make("iresnet_tiny")).eval()
+  sd = {k: v for k, v in ref.state_dict().items() if not k.startswith("qs.")}
+  with pytest.raises(ValueError, match="qs.weight"):
+    convert.from_torch(sd, "iresnet_tiny")
+  variables = convert.from_torch(sd, "iresnet_tiny", qs_optional=True)
+  np.testing.assert_array_equal(variables["params"]["qs"]["kernel"], 0.0)
+  want = convert.from_torch(ref.state_dict(), "iresnet_tiny")
+  np.testing.assert_array_equal(variables["params"]["fc"]["kernel"],
+                                want["params"]["fc"]["kernel"])
+  path = tmp_path / "arcface.pth"
+  torch.save(sd, path)
+  _, _, info = convert.load_model(path, qs_optional=True)
+  assert info["has_qs"] is False
+  assert convert.load_model(tmp_path / "arcface.pth", "iresnet_tiny", qs_optional=True)[2][
+      "arch"] == "iresnet_tiny"
+
+
+def test_load_centres_from_released_and_insightface_heads(tmp_path):
+  d, c = 8, 10
+  w = np.random.default_rng(0).normal(size=(d, c)).astype(np.float32)  # [D, C]
+  # Released CR-FIQA {step}header.pth: CR_FIQA_LOSS.kernel [in_features=D, out_features=C].
+  torch.save({"kernel": torch.from_numpy(w)}, tmp_path / "32572header.pth")
+  np.testing.assert_array_equal(convert.load_centres(tmp_path / "32572header.pth", d), w)
+  # insightface: a head state_dict with weight [C, D], the same nested in a training
+  # checkpoint, and partial-FC shards saved as bare [C/2, D] tensors, rank order.
+  torch.save({"weight": torch.from_numpy(w.T.copy())}, tmp_path / "fc.pt")
+  torch.save({"state_dict_softmax_fc": {"weight": torch.from_numpy(w.T.copy())},
+              "epoch": 3}, tmp_path / "checkpoint_gpu_0.pt")
+  for r in range(2):
+    torch.save(torch.from_numpy(w.T[5 * r:5 * (r + 1)].copy()),
+               tmp_path / f"rank_{r}_softmax_weight.pt")
+  np.save(tmp_path / "c.npy", w.T)
+  for spec in (tmp_path / "fc.pt", tmp_path / "checkpoint_gpu_0.pt", tmp_path / "c.npy",
+               f"{tmp_path}/rank_0_softmax_weight.pt,{tmp_path}/rank_1_softmax_weight.pt"):
+    np.testing.assert_array_equal(convert.load_centres(spec, d), w, err_msg=str(spec))
+  with pytest.raises(ValueError, match="does not fit embedding size 16"):
+    convert.load_centres(tmp_path / "32572header.pth", 16)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crfiqa_jax import benchmarks, evaluate
+from crfiqa_jax import evaluate, pairsets as benchmarks
 
 
 @pytest.fixture

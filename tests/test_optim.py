@@ -37,3 +37,34 @@ def test_step_schedule_and_linear_scaling():
   sched = optim.step_schedule(0.1, steps_per_epoch=10, decay_epochs=(2, 3))
   assert [float(sched(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx(
       [0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def _released_lr(epoch, milestones, base=0.1):
+  # The released lr_step_func under torch LambdaLR (stepped once per epoch, from epoch 0).
+  return base * 0.1 ** len([m for m in milestones if m - 1 <= epoch])
+
+
+@pytest.mark.parametrize("name,milestones,examples,last_epoch,decay_steps", [
+    ("small", [20, 28, 32], 490623, 34, (18202, 25866, 29698)),
+    ("large", [8, 14, 20, 25], 5822653, 16, (79604, 147836)),
+])
+def test_named_configs_follow_the_released_schedule_step_for_step(
+    name, milestones, examples, last_epoch, decay_steps):
+  from crfiqa_jax import input_pipeline, main
+  config = main.load_config(name)
+  spe = input_pipeline.steps_per_epoch(examples, config.batch_size)
+  assert spe == {"small": 958, "large": 11372}[name]
+  assert config.num_epochs == last_epoch
+  sched = optim.step_schedule(optim.learning_rate(config.lr, config.batch_size), spe,
+                              config.lr_decay_epochs)
+  # Every epoch boundary: the first and last step of each epoch.
+  for epoch in range(config.num_epochs):
+    want = _released_lr(epoch, milestones)
+    for step in (epoch * spe, (epoch + 1) * spe - 1):
+      assert float(sched(step)) == pytest.approx(want, rel=1e-6), (name, epoch, step)
+  for s in decay_steps:  # the step numbers: the lr drops exactly there
+    assert float(sched(s)) == pytest.approx(float(sched(s - 1)) * 0.1, rel=1e-6)
+  if name == "large":
+    assert config.num_epochs * spe == 181952  # the released CR-FIQA(L) checkpoint
+  else:
+    assert config.num_epochs * spe == 32572

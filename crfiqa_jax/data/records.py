@@ -18,10 +18,12 @@ interrupted conversion never looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -87,7 +89,8 @@ def dataset_dir(out_dir: str | Path) -> Path:
 
 def write_records(out_dir: str | Path, splits: Mapping[str, Callable[[], Iterable[dict]]], *,
                   num_classes: int, metadata: Mapping[str, Any] | None = None,
-                  num_shards: int | None = None, description: str = "") -> Path:
+                  num_shards: int | None = None, description: str = "",
+                  progress: bool = True) -> Path:
   """Writes a FaceRecords dataset and returns its directory.
 
   Args:
@@ -105,11 +108,27 @@ def write_records(out_dir: str | Path, splits: Mapping[str, Callable[[], Iterabl
     raise FileExistsError(f"{target} already holds a dataset; remove it or choose another OUT_DIR")
   builder_cls = _make_builder_class()
   meta = {"num_classes": int(num_classes), **dict(metadata or {})}
-  builder = builder_cls(splits=splits, metadata=meta, description=description,
+  builder = builder_cls(splits={k: _counted(k, g, progress) for k, g in splits.items()},
+                        metadata=meta, description=description,
                         data_dir=str(out_dir), file_format="array_record")
   config = tfds.download.DownloadConfig(num_shards=num_shards) if num_shards else None
-  builder.download_and_prepare(download_config=config)
+  # One progress bar of our own; TFDS's "Downloading and preparing dataset Unknown size"
+  # banner and nested bars describe a download that does not happen here.
+  tfds.disable_progress_bar()
+  with contextlib.redirect_stdout(io.StringIO()):
+    builder.download_and_prepare(download_config=config)
   return target
+
+
+def _counted(split: str, gen: Callable[[], Iterable[dict]], progress: bool):
+  def inner():
+    from tqdm import tqdm
+    with tqdm(desc=f"writing {split}", unit="img", disable=not progress, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+      for rec in gen():
+        yield rec
+        bar.update()
+  return inner
 
 
 def _resolve(path: str | Path) -> Path:

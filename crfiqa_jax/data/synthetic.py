@@ -213,6 +213,14 @@ def samples(num_identities: int, per_identity: int, *, seed: int, size: int,
              "metadata": {"identity": i, "kind": kind, "severity": round(severity, 6)}}
 
 
+def generator_params(*, identities: int, per_identity: int, eval_identities: int,
+                     eval_per_identity: int, seed: int = 0, image_size: int = 64) -> dict:
+  """What determines a synthetic dataset; stored with it so a cache can be checked."""
+  return {"identities": identities, "per_identity": per_identity,
+          "eval_identities": eval_identities, "eval_per_identity": eval_per_identity,
+          "seed": seed, "image_size": image_size}
+
+
 def write_dataset(out_dir, *, identities: int, per_identity: int, eval_identities: int,
                   eval_per_identity: int, seed: int = 0, image_size: int = 64) -> Path:
   """Writes train (identities × per_identity) and test (disjoint eval identities) splits."""
@@ -223,20 +231,35 @@ def write_dataset(out_dir, *, identities: int, per_identity: int, eval_identitie
   }
   meta = {"source": "synthetic", "seed": seed, "image_size": image_size,
           "test_pairs": "all", "kinds": list(KINDS),
-          "test_num_classes": eval_identities}
+          "test_num_classes": eval_identities,
+          "generator": generator_params(identities=identities, per_identity=per_identity,
+                                        eval_identities=eval_identities,
+                                        eval_per_identity=eval_per_identity, seed=seed,
+                                        image_size=image_size)}
   return records.write_records(out_dir, splits, num_classes=identities, metadata=meta,
                                description="crfiqa_jax synthetic faces")
 
 
 def ensure_dataset(config) -> None:
-  """Generates config.synthetic into config.data_dir unless a dataset is already there."""
+  """Generates config.synthetic into config.data_dir, or checks that the dataset already
+  there was generated with the same parameters (a clear error otherwise: never silently
+  train or evaluate on other data than the config describes)."""
   out = Path(config.data_dir)
+  s = config.synthetic
+  want = generator_params(identities=s.identities, per_identity=s.per_identity,
+                          eval_identities=s.eval_identities,
+                          eval_per_identity=s.eval_per_identity, seed=s.seed,
+                          image_size=config.image_size)
   if (records.dataset_dir(out) / "dataset_info.json").exists():
+    have = records.read_info(out).get("generator")
+    if have != want:
+      diff = ", ".join(f"{k}: cached {(have or {}).get(k)} vs config {v}"
+                       for k, v in want.items() if (have or {}).get(k) != v)
+      raise ValueError(f"{out} holds synthetic data generated with other parameters "
+                       f"({diff or 'no record of its parameters'}); delete {out} or use "
+                       "another --workdir")
     log.info("Using cached synthetic dataset in %s", out)
     return
-  s = config.synthetic
   log.info("Generating synthetic faces: %d×%d train, %d×%d held-out → %s", s.identities,
            s.per_identity, s.eval_identities, s.eval_per_identity, out)
-  write_dataset(out, identities=s.identities, per_identity=s.per_identity,
-                eval_identities=s.eval_identities, eval_per_identity=s.eval_per_identity,
-                seed=s.seed, image_size=config.image_size)
+  write_dataset(out, **want)

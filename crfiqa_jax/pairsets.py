@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 
 from crfiqa_jax.data.converters import IMAGE_EXTENSIONS
-from crfiqa_jax.data.records import decode_image
+from crfiqa_jax.inference import ImageSource, files_source, records_source
 
 
 @dataclasses.dataclass
@@ -38,7 +39,7 @@ class Benchmark:
   a: np.ndarray
   b: np.ndarray
   genuine: np.ndarray
-  load_images: object               # () → uint8 [N, H, W, 3]
+  source: ImageSource               # the images, decoded on demand (crfiqa_jax.inference)
   severity: np.ndarray | None = None
   root: Path | None = None
 
@@ -90,27 +91,22 @@ def _pairs_txt(root: Path, name: str) -> Benchmark:
     b.append(idx[1])
     g.append(parts[2] == "1")
 
-  def load():
-    return np.stack([decode_image(f.read_bytes()) for f in files])
-
-  return Benchmark(name, list(keys), np.array(a), np.array(b), np.array(g, bool), load,
-                   root=root)
+  return Benchmark(name, list(keys), np.array(a), np.array(b), np.array(g, bool),
+                   files_source([str(f) for f in files]), root=root)
 
 
 def _records(path: Path, name: str) -> Benchmark:
   from crfiqa_jax.data.records import open_pairs
   pairs = open_pairs(path)
-  ds = pairs.images
-  metas = [ds[i]["metadata"] for i in range(len(ds))] if len(ds) else []
+  raw = pairs.images.source  # metadata without decoding the images
+  metas = [json.loads(raw[i]["metadata"] or "{}") for i in range(len(raw))]
   keys = [canonical(m["path"]) if "path" in m else str(i) for i, m in enumerate(metas)]
   severity = None
   if metas and all("severity" in m for m in metas):
     severity = np.array([m["severity"] for m in metas], np.float64)
 
-  def load():
-    return np.stack([ds[i]["image"] for i in range(len(ds))])
-
-  return Benchmark(name, keys, pairs.a, pairs.b, pairs.genuine, load, severity, root=path)
+  return Benchmark(name, keys, pairs.a, pairs.b, pairs.genuine,
+                   records_source(path, raw.split), severity, root=path)
 
 
 def load_benchmark(spec: str) -> Benchmark:
