@@ -11,7 +11,8 @@ data (generated once into OUT/data), with one seed per column of runs:
   ccs       CCS-FIQA: regress CCS instead of CR (--config.target=ccs)
   ontop     a plain ArcFace model (λ = 0; run `arcface`) trained first, then only the
             quality head on top of it, backbone and centres frozen
-            (--config.init_checkpoint=ARCFACE_WORKDIR --config.trainable=qs)
+            (--config.init_checkpoint=ARCFACE_WORKDIR --config.trainable=qs, lr 0.04:
+            the demo's lr × 0.1 as the paper's 0.01 vs 0.1)
   igfiqa    IG-FIQA (--config.method=igfiqa)
 
 Each run writes OUT/METHOD_sSEED/eval/metrics.json; runs whose metrics exist are not
@@ -39,7 +40,9 @@ METHODS = {
     "cr_paper": [],
     "cr_code": ["--config.cr_form=code"],
     "ccs": ["--config.target=ccs"],
-    "ontop": ["--config.trainable=qs"],   # + init_checkpoint, added in run()
+    # lr 0.04 = the demo's 0.4 × 0.1, the paper's on-top/CR-FIQA lr ratio (0.01 / 0.1);
+    # init_checkpoint is added in main().
+    "ontop": ["--config.trainable=qs", "--config.lr=0.04"],
     "igfiqa": ["--config.method=igfiqa"],
 }
 DEMO_EPOCHS = 16
@@ -140,7 +143,7 @@ def main(argv=None):
         if fr is None:
           log(f"  ontop seed {seed}: skipped, the ArcFace backbone run failed")
           continue
-        extra = extra[:1] + schedule_overrides(args.ontop_epochs or args.epochs) + [
+        extra = METHODS[name] + schedule_overrides(args.ontop_epochs or args.epochs) + [
             f"--config.init_checkpoint={out / f'arcface_s{seed}'}"]
       m = run(name, seed, out, extra, log)
       if m is None:
