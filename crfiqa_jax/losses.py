@@ -108,8 +108,9 @@ def arcface_loss(cos_theta: jax.Array, labels: jax.Array, *, scale: float, margi
   if margin_fallback:
     cos_y = jnp.take_along_axis(cos_theta, labels[:, None], axis=1)
     is_target = jnp.arange(cos_theta.shape[1])[None, :] == labels[:, None]
-    use_fallback = is_target & (cos_y <= math.cos(math.pi - margin))
-    logits = jnp.where(use_fallback, scale * (cos_y - margin * math.sin(margin)), logits)
+    # jnp, not math: the margin is a traced array under a margin ramp (configs/demo.py).
+    use_fallback = is_target & (cos_y <= jnp.cos(math.pi - margin))
+    logits = jnp.where(use_fallback, scale * (cos_y - margin * jnp.sin(margin)), logits)
   if valid is not None:
     logits = jnp.where(valid, logits, -jnp.inf)
   logit_y = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]

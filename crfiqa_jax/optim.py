@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -65,3 +66,17 @@ def make_optimizer(schedule: optax.Schedule, *, momentum: float = 0.9,
   elif trainable != "all":
     raise ValueError(f"trainable must be 'all' or 'qs', got {trainable!r}")
   return tx
+
+
+def with_warmup(schedule: optax.Schedule, warmup_steps: int) -> optax.Schedule:
+  """Linear warmup in front of `schedule`: lr(t) = schedule(t)·min(1, (t + 1)/warmup_steps).
+
+  Off (returns `schedule` unchanged) for warmup_steps ≤ 0; the released recipe has none.
+  """
+  if warmup_steps <= 0:
+    return schedule
+
+  def warmed(step):
+    return schedule(step) * jnp.minimum(1.0, (step + 1) / warmup_steps)
+
+  return warmed

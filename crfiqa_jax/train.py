@@ -95,7 +95,7 @@ def _quality_head(backbone_params, emb: jax.Array) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwargs: dict,
                num_classes: int, embedding_sharding=None, ig: IGSettings | None = None,
-               frozen_backbone: bool = False):
+               frozen_backbone: bool = False, margin_ramp_steps: int = 0):
   """One SGD step on a global batch {"image": uint8 [B,H,W,3], "label": int32 [B]}.
 
   CR-FIQA (ig None): one forward of the batch; L = L_Arc + λ·L_CR (losses.crfiqa_loss).
@@ -121,6 +121,9 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
   TRACE_COUNT["train_step"] += 1
   rng = jax.random.fold_in(state.rng, state.step)
   images = input_pipeline.normalize(batch["image"])
+  if margin_ramp_steps:  # demo only: ArcFace margin m·min(1, step/ramp), see configs/demo.py
+    ramp = jnp.minimum(1.0, state.step.astype(jnp.float32) / margin_ramp_steps)
+    loss_kwargs = {**loss_kwargs, "margin": loss_kwargs["margin"] * ramp}
 
   def forward(params, x, key):
     """(embedding, quality, new batch_stats) of one pass."""
@@ -200,6 +203,8 @@ class Trainer:
     self.total_steps = config.total_steps or config.num_epochs * self.steps_per_epoch
     peak = optim.learning_rate(config.lr, config.batch_size)
     self.schedule = optim.step_schedule(peak, self.steps_per_epoch, config.lr_decay_epochs)
+    self.schedule = optim.with_warmup(  # demo only; the released recipe has none
+        self.schedule, int(round(config.get("warmup_epochs", 0) * self.steps_per_epoch)))
     self.tx = optim.make_optimizer(self.schedule, momentum=config.momentum,
                                    weight_decay=config.weight_decay,
                                    clip_norm=config.clip_norm, trainable=config.trainable)
@@ -225,7 +230,8 @@ class Trainer:
         train_step, model=self.model, tx=self.tx, schedule=self.schedule,
         loss_kwargs=loss_kwargs_from_config(config), num_classes=num_classes,
         embedding_sharding=repl if config.shard_centres else None, ig=ig,
-        frozen_backbone=config.trainable == "qs")
+        frozen_backbone=config.trainable == "qs",
+        margin_ramp_steps=int(round(config.get("margin_ramp_epochs", 0) * self.steps_per_epoch)))
     batch_sh = sharding.batch_sharding(self.mesh)
     self.step_fn = jax.jit(step, in_shardings=(self.state_shardings, batch_sh),
                            out_shardings=(self.state_shardings, repl), donate_argnums=0)
