@@ -9,25 +9,24 @@ import textwrap
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from crfiqa_jax import analyze, convert, experiment, inference, main, models, sharding, train
 from crfiqa_jax.data import synthetic
+from conftest import random_variables
 from test_train import TINY
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
+def small_model():
   model = models.create_model("iresnet_tiny", embedding_dim=16)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  variables = random_variables(model, 32)
   # Non-trivial BN statistics, so eval mode is really exercised.
   rng = np.random.default_rng(0)
-  variables = jax.tree.map(lambda x: x, variables)
   variables["batch_stats"] = jax.tree.map(
-      lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype), variables["batch_stats"])
+      lambda x: np.asarray(rng.uniform(0.5, 1.5, x.shape), np.float32), variables["batch_stats"])
   return model, variables
 
 
@@ -37,8 +36,8 @@ def _direct(model, variables, imgs):
   return np.asarray(emb), np.asarray(q)
 
 
-def test_stream_in_order_with_failures_on_all_devices(tiny_model):
-  model, variables = tiny_model
+def test_stream_in_order_with_failures_on_all_devices(small_model):
+  model, variables = small_model
   imgs = np.random.default_rng(1).integers(0, 255, (23, 32, 32, 3), dtype=np.uint8)
   bad = {4, 17}
 
@@ -67,8 +66,8 @@ def test_stream_in_order_with_failures_on_all_devices(tiny_model):
                              rtol=1e-4, atol=1e-5)
 
 
-def test_extract_feature_kinds_and_memmap(tiny_model, tmp_path):
-  model, variables = tiny_model
+def test_extract_feature_kinds_and_memmap(small_model, tmp_path):
+  model, variables = small_model
   imgs = np.random.default_rng(2).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)
   pred = inference.FlaxPredictor(model, variables, image_size=32)
   src = inference.array_source(imgs)
@@ -98,14 +97,14 @@ def test_extract_feature_kinds_and_memmap(tiny_model, tmp_path):
 def scoring_setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("scoring")
   model = models.create_model("iresnet_tiny", embedding_dim=16)
-  variables = model.init(jax.random.key(3), jnp.zeros((1, 112, 112, 3)))
   ckpt = root / "model"
-  convert.save_inference(ckpt, variables, arch="iresnet_tiny", embedding_dim=16)
+  convert.save_inference(ckpt, random_variables(model, 32, seed=3), arch="iresnet_tiny",
+                         embedding_dim=16, image_size=32)
   faces = root / "faces"
   faces.mkdir()
   rng = np.random.default_rng(0)
-  base = rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)
-  for i in range(1500):
+  base = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+  for i in range(3000):
     img = np.roll(base, i, axis=1)
     Image.fromarray(img).save(faces / f"{i:05d}.jpg", quality=90)
   (faces / "00007.jpg").write_bytes(b"not a jpeg")  # a failure in the middle
@@ -133,13 +132,13 @@ def test_score_killed_then_resumed_equals_uninterrupted(scoring_setup, tmp_path)
                        stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while time.time() < deadline and p.poll() is None:
-    if part.exists() and part.stat().st_size > 40_000:  # a few hundred rows written
+    if part.exists() and len(part.read_bytes().splitlines()) > 200:  # rows written
       break
     time.sleep(0.005)
   p.send_signal(signal.SIGKILL)
   p.wait()
   n_before = len(part.read_text().splitlines()) - 1
-  assert 0 < n_before < 1500, "the run was not killed midway"
+  assert 0 < n_before < 3000, "the run was not killed midway"
   r = subprocess.run(_score_cmd(ckpt, faces, part, "--resume"), env=_env(),
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 1, r.stderr[-2000:]
@@ -171,7 +170,8 @@ RSS_SCRIPT = textwrap.dedent("""
     base = rng.integers(0, 255, (16, 112, 112, 3), dtype=np.uint8)
     src = inference.ImageSource(lambda i: base[i % 16].copy(), n)
     model = models.create_model("iresnet_tiny", embedding_dim=16)
-    v = model.init(jax.random.key(0), jnp.zeros((1, 112, 112, 3)))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 112, 112, 3))))
+    v = jax.tree.map(lambda a: np.full(a.shape, 0.01, np.float32), shapes)
     pred = inference.FlaxPredictor(model, v, image_size=112)
     feats, q, _ = inference.extract(pred, src, batch_size=64, dtype=np.float16,
                                     progress=False)
