@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -91,8 +92,24 @@ def plan(config, devices, *, num_classes: int, num_examples: int, hours: float =
   batch = {"image": jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.uint8,
                                          sharding=batch_sh),
            "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=batch_sh)}
+  hbm = hbm_chip // per_chip
+  facts = {
+      "topology_kind": kind, "generation": gen, "devices": len(devices), "chips": chips,
+      "processes": len({d.process_index for d in devices}),
+      "model": config.model, "dtype": config.dtype, "batch_size": config.batch_size,
+      "num_classes": num_classes, "num_classes_padded": trainer.num_classes_padded,
+      "shard_centres": bool(config.shard_centres), "hbm_bytes": hbm,
+      "total_steps": trainer.total_steps, "hours": hours,
+  }
   t0 = time.perf_counter()
-  compiled = trainer.step_fn.lower(trainer.abstract_target(), batch).compile()
+  try:
+    compiled = trainer.step_fn.lower(trainer.abstract_target(), batch).compile()
+  except Exception as e:  # XLA:TPU refuses programs that exceed HBM at compile time
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return {**facts, "fits": False, "per_device_bytes": _oom_bytes(str(e)),
+            "flops_per_step": None, "error": str(e).strip().splitlines()[0][:300],
+            "compile_s": time.perf_counter() - t0}
   compile_s = time.perf_counter() - t0
 
   mem = compiled.memory_analysis()
@@ -103,34 +120,43 @@ def plan(config, devices, *, num_classes: int, num_examples: int, hours: float =
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops_per_step = float(cost["flops"]) * len(devices)  # cost_analysis counts one device
-  hbm = hbm_chip // per_chip
   peak_device = peak_chip / per_chip
   step_at_peak = flops_per_step / (peak_device * len(devices))
   hours_at_peak = trainer.total_steps * step_at_peak / 3600
   return {
-      "topology_kind": kind, "generation": gen, "devices": len(devices), "chips": chips,
-      "processes": len({d.process_index for d in devices}),
-      "model": config.model, "dtype": config.dtype, "batch_size": config.batch_size,
-      "num_classes": num_classes, "num_classes_padded": trainer.num_classes_padded,
-      "shard_centres": bool(config.shard_centres),
-      "per_device_bytes": per_device, "memory": breakdown, "hbm_bytes": hbm,
+      **facts, "per_device_bytes": per_device, "memory": breakdown,
       "fits": per_device <= hbm, "flops_per_step": flops_per_step,
       "peak_flops_per_chip": peak_chip, "step_time_at_peak_s": step_at_peak,
-      "total_steps": trainer.total_steps, "hours_at_peak": hours_at_peak,
+      "hours_at_peak": hours_at_peak,
       "chip_hours_at_peak": trainer.total_steps * flops_per_step / peak_chip / 3600,
-      "hours": hours, "mfu_needed": hours_at_peak / hours if hours > 0 else None,
+      "mfu_needed": hours_at_peak / hours if hours > 0 else None,
       "compile_s": compile_s,
   }
 
 
+def _oom_bytes(message: str):
+  """A lower bound of the bytes a device needs, from XLA:TPU's out-of-memory message ("the
+  total memory required for HLO temporaries (37.26G) exceeds available HBM (15.75G)"), or
+  None when the message has no such figure."""
+  m = re.search(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM", message)
+  if not m:
+    return None
+  return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+
+
 def format_report(r: dict, topology: str) -> str:
-  gb = lambda b: f"{b / GiB:.2f} GiB"  # noqa: E731
-  m = r["memory"]
-  lines = [
+  gb = lambda b: f"{b / GiB:.2f} GiB" if b is not None else "?"  # noqa: E731
+  head = [
       f"{topology}: {r['chips']} chips ({r['topology_kind']}), {r['devices']} devices, "
       f"{r['processes']} processes",
       f"{r['model']} {r['dtype']}, batch {r['batch_size']}, {r['num_classes']:,} classes "
       f"({'centres sharded' if r['shard_centres'] else 'centres replicated'})",
+  ]
+  if "error" in r:
+    return "\n".join(head + [f"DOES NOT FIT: XLA needs > {gb(r['per_device_bytes'])} per device, "
+                             f"HBM {gb(r['hbm_bytes'])} ({r['error']})"])
+  m = r["memory"]
+  lines = head + [
       f"per device: {gb(r['per_device_bytes'])} = arguments {gb(m['argument'])} + temporaries "
       f"{gb(m['temp'])} + outputs {gb(m['output'])} - aliases {gb(m['alias'])}; HBM "
       f"{gb(r['hbm_bytes'])} → {'fits' if r['fits'] else 'DOES NOT FIT'}",

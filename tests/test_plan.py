@@ -71,6 +71,15 @@ def test_cli_json_and_sharded_centres(replicated, capsys):
   np.testing.assert_allclose(saved, 0.75 * 2 * 32 * CLASSES * 4, rtol=0.1)
 
 
+def test_too_many_classes_do_not_fit():
+  # 100M replicated centres: [32, 1e8] f32 = 12.8 GB, and as much gradient and momentum.
+  config = cli.load_config("base", OVERRIDES)
+  r = plan.plan(config, plan.topology_devices("v5e:2x2"), num_classes=10**8,
+                num_examples=160)
+  assert not r["fits"] and r["flops_per_step"] is None and "HBM" in r["error"]
+  assert r["per_device_bytes"] > 2 * 32 * 10**8 * 4 > r["hbm_bytes"]  # centres + gradient
+
+
 def test_clear_errors():
   with pytest.raises(ValueError, match="cannot describe topology 'v99:2x2'"):
     plan.topology_devices("v99:2x2")
