@@ -4,7 +4,8 @@ jax.distributed on loopback and trains the tiny config; process 0 saves gathered
   phase "first":  trains <tmp>/straight for 3 steps (params → straight.npz), then
                   <tmp>/mp for 2 steps, which ends with a checkpoint (the "preemption");
   phase "resume": a fresh pair of processes resumes <tmp>/mp to 3 steps (→ resumed.npz).
-Checkpoints only at the end of each run (checkpoint_every=100) keep it fast.
+Checkpoints only at the end of each run (checkpoint_every=100) and a compilation cache
+shared by the three runs (each process compiles the step once) keep it fast.
 """
 
 import sys
@@ -36,6 +37,9 @@ def main(port, pid, nproc, data_dir, tmp, phase):
                              process_id=int(pid))
   assert jax.device_count() == 8 and jax.local_device_count() == 4
   tmp = Path(tmp)
+  jax.config.update("jax_compilation_cache_dir", str(tmp / "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   if phase == "first":
     _train(data_dir, tmp / "straight", 3, tmp / "straight.npz")
     _train(data_dir, tmp / "mp", 2)
