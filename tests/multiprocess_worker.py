@@ -37,7 +37,8 @@ def main(port, pid, nproc, data_dir, tmp, phase):
                              process_id=int(pid))
   assert jax.device_count() == 8 and jax.local_device_count() == 4
   tmp = Path(tmp)
-  jax.config.update("jax_compilation_cache_dir", str(tmp / "jax_cache"))
+  # One cache per process: the two processes compile different executables.
+  jax.config.update("jax_compilation_cache_dir", str(tmp / f"jax_cache_{pid}"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   if phase == "first":

@@ -36,7 +36,7 @@ def _run_pair(tiny_records, tmp_path, phase):
   logs = []
   for p in procs:
     try:
-      logs.append(p.communicate(timeout=600)[0])
+      logs.append(p.communicate(timeout=1500)[0])
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
