@@ -161,8 +161,8 @@ def format_report(r: dict, topology: str) -> str:
       f"{gb(m['temp'])} + outputs {gb(m['output'])} - aliases {gb(m['alias'])}; HBM "
       f"{gb(r['hbm_bytes'])} → {'fits' if r['fits'] else 'DOES NOT FIT'}",
       f"FLOPs per global step {r['flops_per_step']:.4g}; at peak "
-      f"({r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip) {r['step_time_at_peak_s'] * 1e3:.1f}"
-      f" ms/step",
+      f"({r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s per chip) "
+      f"{r['step_time_at_peak_s'] * 1e3:.1f} ms/step",
       f"paper schedule {r['total_steps']:,} steps: {r['hours_at_peak']:.2f} h at 100% MFU on "
       f"this topology ({r['chip_hours_at_peak']:.0f} chip-hours)",
   ]
