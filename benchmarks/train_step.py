@@ -131,7 +131,7 @@ def main():
   kind = jax.devices()[0].device_kind
   peak = args.peak_tflops * 1e12 or peak_flops(kind, args.dtype)
   line = f"        {achieved / 1e12:.3f} TFLOP/s achieved on {kind}"
-  print(line + (f", MFU {100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s ({args.dtype})"
+  print(line + (f", MFU {100 * achieved / peak:.1f}% of {peak / 1e12:g} TFLOP/s ({args.dtype})"
                 if peak else " (peak unknown: --peak-tflops for the MFU)"))
   if args.skip_torch:
     return
