@@ -7,6 +7,11 @@ backbone clipping) on one device. PyTorch (when installed): the same architectur
 (tests/torch_iresnet.py), the same loss and optimiser, with the same thread count.
 Prints both and the ratio JAX/PyTorch. XLA_FLAGS and other XLA knobs can be tried with
 --xla-flags; the figure of each is printed.
+
+MFU = FLOPs of the compiled step (XLA cost_analysis) / measured step time / the device's
+peak. It is printed on the GPUs of PEAK_TFLOPS (or any device with --peak-tflops), e.g.
+
+    python benchmarks/train_step.py --arch iresnet100 --batch 128 --dtype bfloat16 --skip-torch
 """
 
 from __future__ import annotations
@@ -18,6 +23,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+# device_kind substring → dense peak TFLOP/s (bf16, tf32) from NVIDIA's datasheets. XLA runs
+# float32 convolutions and dots as TF32 on these GPUs by default, so float32 uses tf32.
+PEAK_TFLOPS = {
+    "H100 PCIe": (756, 378), "H100": (989, 495), "H200": (989, 495), "A100": (312, 156),
+    "L4": (121, 60), "A10G": (70, 35),
+}
+
+
+def peak_flops(device_kind: str, dtype: str):
+  """The device's peak FLOP/s for `dtype`, or None when not in PEAK_TFLOPS."""
+  for key, (bf16, tf32) in PEAK_TFLOPS.items():  # "H100 PCIe" is tried before "H100"
+    if key in device_kind:
+      return 1e12 * (bf16 if dtype == "bfloat16" else tf32)
+  return None
 
 
 def bench_jax(arch, batch, steps, classes, dtype):
@@ -34,16 +54,19 @@ def bench_jax(arch, batch, steps, classes, dtype):
       {"image": rng.integers(0, 255, (batch, 112, 112, 3), dtype=np.uint8),
        "label": rng.integers(0, classes, batch).astype(np.int32)}, mesh)
   t = time.perf_counter()
-  state, m = trainer.step_fn(state, b)
+  step = trainer.step_fn.lower(state, b).compile()
+  state, m = step(state, b)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t
+  cost = step.cost_analysis()
+  flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
   times = []
   for _ in range(steps):
     t = time.perf_counter()
-    state, m = trainer.step_fn(state, b)
+    state, m = step(state, b)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
-  return batch / np.median(times), compile_s
+  return batch / np.median(times), compile_s, flops / np.median(times)
 
 
 def bench_torch(arch, batch, steps, classes, threads):
@@ -96,11 +119,20 @@ def main():
   p.add_argument("--classes", type=int, default=10572)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--skip-torch", action="store_true")
+  p.add_argument("--peak-tflops", type=float, default=0.0,
+                 help="device peak for the MFU (default: PEAK_TFLOPS by device kind)")
   args = p.parse_args()
   threads = os.cpu_count()
-  jax_ips, compile_s = bench_jax(args.arch, args.batch, args.steps, args.classes, args.dtype)
+  jax_ips, compile_s, achieved = bench_jax(args.arch, args.batch, args.steps, args.classes,
+                                           args.dtype)
   print(f"JAX     {args.arch} batch {args.batch}: {jax_ips:7.2f} images/s "
         f"(compile {compile_s:.0f} s, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
+  import jax
+  kind = jax.devices()[0].device_kind
+  peak = args.peak_tflops * 1e12 or peak_flops(kind, args.dtype)
+  line = f"        {achieved / 1e12:.3f} TFLOP/s achieved on {kind}"
+  print(line + (f", MFU {100 * achieved / peak:.1f}% of {peak / 1e12:g} TFLOP/s ({args.dtype})"
+                if peak else " (peak unknown: --peak-tflops for the MFU)"))
   if args.skip_torch:
     return
   try:

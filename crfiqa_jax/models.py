@@ -11,6 +11,12 @@ released PyTorch weights map one-to-one onto these modules (see `crfiqa_jax.conv
 `IResNet.__call__(x, train)` takes images in [-1, 1], shape [B, H, W, 3], and returns
 `(embedding [B, D], quality [B])`. The flatten is in NHWC order (H, W, C); the converter
 permutes PyTorch's (C, H, W)-ordered FC weight accordingly.
+
+Mixed precision (`dtype=jnp.bfloat16`): convolutions, the FC layer, PReLU and the residual
+stream run in bf16; parameters and BN running statistics stay float32, and Flax's BatchNorm
+computes the batch statistics and the normalisation in float32 before rounding its output
+to bf16. The last BN (the embedding) runs and returns float32, so the cosine, logit, loss
+and CR-target maths downstream are float32.
 """
 
 from __future__ import annotations
@@ -115,7 +121,8 @@ class IResNet(nn.Module):
     fc_init = _torch_linear_init(x.shape[-1])
     x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=fc_init, bias_init=fc_init,
                  name="fc")(x)
-    emb = norm(name="features")(x).astype(jnp.float32)
+    # float32 from here on: the embedding feeds the cosine/ArcFace/CR maths.
+    emb = norm(name="features", dtype=jnp.float32)(x)
     qs_init = _torch_linear_init(emb.shape[-1])
     quality = nn.Dense(1, kernel_init=qs_init, bias_init=qs_init, name="qs")(emb)[:, 0]
     return emb, quality

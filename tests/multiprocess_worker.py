@@ -1,29 +1,53 @@
-"""One process of the multi-process test (tests/test_multiprocess.py): joins the job with
-jax.distributed on loopback, trains the tiny config, process 0 saves the gathered params."""
+"""One process of the multi-process tests (tests/test_multiprocess.py): joins the job with
+jax.distributed on loopback and trains the tiny config; process 0 saves gathered params.
+
+  phase "first":  trains <tmp>/straight for 3 steps (params → straight.npz), then
+                  <tmp>/mp for 2 steps, which ends with a checkpoint (the "preemption");
+  phase "resume": a fresh pair of processes resumes <tmp>/mp to 3 steps (→ resumed.npz).
+Checkpoints only at the end of each run (checkpoint_every=100) and a compilation cache
+shared by the three runs (each process compiles the step once) keep it fast.
+"""
 
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 
 
-def main(port, pid, nproc, data_dir, workdir, out, steps):
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=int(nproc),
-                             process_id=int(pid))
+def _train(data_dir, workdir, steps, out=None):
   from jax.experimental import multihost_utils
 
   from crfiqa_jax import main as cli
   from crfiqa_jax import train
   from test_train import TINY
-  cfg = cli.load_config("base", dict(TINY, data_dir=data_dir, total_steps=steps,
-                                     shard_centres="true"))
-  assert jax.device_count() == 8 and jax.local_device_count() == 4
+  cfg = cli.load_config("base", dict(TINY, data_dir=data_dir, total_steps=str(steps),
+                                     shard_centres="true", checkpoint_every="100"))
   state = train.train(cfg, workdir)
-  params = multihost_utils.process_allgather(state.params, tiled=True)
-  if jax.process_index() == 0:
-    flat = {jax.tree_util.keystr(k): np.asarray(v)
-            for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-    np.savez(out, **flat)
+  if out is not None:
+    params = multihost_utils.process_allgather(state.params, tiled=True)
+    if jax.process_index() == 0:
+      flat = {jax.tree_util.keystr(k): np.asarray(v)
+              for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+      np.savez(out, **flat)
+
+
+def main(port, pid, nproc, data_dir, tmp, phase):
+  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=int(nproc),
+                             process_id=int(pid))
+  assert jax.device_count() == 8 and jax.local_device_count() == 4
+  tmp = Path(tmp)
+  # One cache per process: the two processes compile different executables.
+  jax.config.update("jax_compilation_cache_dir", str(tmp / f"jax_cache_{pid}"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if phase == "first":
+    _train(data_dir, tmp / "straight", 3, tmp / "straight.npz")
+    _train(data_dir, tmp / "mp", 2)
+  elif phase == "resume":
+    _train(data_dir, tmp / "mp", 3, tmp / "resumed.npz")
+  else:
+    raise ValueError(f"unknown phase {phase!r}")
   jax.distributed.shutdown()
 
 
