@@ -121,7 +121,8 @@ def evaluate_checkpoint_state(state, config, out_dir: Path, *, started: float | 
   """Evaluates a trained state on config.eval_data_dir's "test" split (synthetic layout).
 
   Streams the split through every local device; on several processes each takes a slice
-  and every process gets the same figures (process 0 writes them)."""
+  and gathers the results; process 0 writes the report and returns its metrics, the others
+  return None."""
   import jax
 
   from crfiqa_jax import inference, models
@@ -139,9 +140,9 @@ def evaluate_checkpoint_state(state, config, out_dir: Path, *, started: float | 
   severity = np.array([m["severity"] for m in meta], np.float64)
   kinds = np.array([m.get("kind", "") for m in meta])
   wall = time.perf_counter() - (started if started is not None else t0)
-  out_dir = Path(out_dir) if jax.process_index() == 0 else Path(out_dir) / \
-      f"process{jax.process_index()}"
-  return synthetic_report(feats, quality, labels, severity, out_dir=out_dir,
+  if jax.process_index() != 0:  # every process took part in the inference; one reports
+    return None
+  return synthetic_report(feats, quality, labels, severity, out_dir=Path(out_dir),
                           train_steps=int(np.asarray(inference.host_local(state.step))),
                           wall_seconds=wall, kinds=kinds)
 
