@@ -40,12 +40,22 @@ def peak_flops(device_kind: str, dtype: str):
   return None
 
 
-def bench_jax(arch, batch, steps, classes, dtype):
+def step_flops(step_fn, *args) -> float:
+  """FLOPs of one step from XLA's cost analysis of a CPU lowering of it: on a GPU the
+  compiled module's convolutions are cuDNN custom calls that its own cost analysis does not
+  count (an H200 run reported 0.33 GFLOP per iResNet-50 image, 40× too few)."""
+  lowered = step_fn.trace(*args).lower(lowering_platforms=("cpu",))
+  cost = lowered.cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+def bench_jax(arch, batch, steps, classes, dtype, conv_grad="auto"):
   import jax
   import numpy as np
 
   from crfiqa_jax import main, sharding, train
-  cfg = main.load_config("base", {"model": arch, "batch_size": str(batch), "dtype": dtype})
+  cfg = main.load_config("base", {"model": arch, "batch_size": str(batch), "dtype": dtype,
+                                  "conv_grad": conv_grad})
   mesh = sharding.make_mesh(jax.devices()[:1])
   trainer = train.Trainer(cfg, num_classes=classes, num_examples=batch * 100, mesh=mesh)
   state = trainer.init()
@@ -54,12 +64,12 @@ def bench_jax(arch, batch, steps, classes, dtype):
       {"image": rng.integers(0, 255, (batch, 112, 112, 3), dtype=np.uint8),
        "label": rng.integers(0, classes, batch).astype(np.int32)}, mesh)
   t = time.perf_counter()
-  step = trainer.step_fn.lower(state, b).compile()
+  lowered = trainer.step_fn.lower(state, b)
+  step = lowered.compile()
   state, m = step(state, b)
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t
-  cost = step.cost_analysis()
-  flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+  flops = step_flops(trainer.step_fn, state, b)
   times = []
   for _ in range(steps):
     t = time.perf_counter()
@@ -69,22 +79,30 @@ def bench_jax(arch, batch, steps, classes, dtype):
   return batch / np.median(times), compile_s, flops / np.median(times)
 
 
-def bench_torch(arch, batch, steps, classes, threads):
+def bench_torch(arch, batch, steps, classes, threads, device="cpu", dtype="float32"):
+  import contextlib
+
   import numpy as np
   import torch
   import torch.nn.functional as F
 
   import torch_iresnet
   torch.set_num_threads(threads)
-  model = torch_iresnet.make(arch).train()
-  centres = torch.nn.Parameter(torch.randn(512, classes) * 0.01)
+  dev = torch.device(device)
+  model = torch_iresnet.make(arch).train().to(dev)
+  centres = torch.nn.Parameter(torch.randn(512, classes, device=dev) * 0.01)
   opt_b = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
   opt_h = torch.optim.SGD([centres], lr=0.1, momentum=0.9, weight_decay=5e-4)
-  x = torch.randn(batch, 3, 112, 112)
-  y = torch.randint(0, classes, (batch,))
+  x = torch.randn(batch, 3, 112, 112, device=dev)
+  y = torch.randint(0, classes, (batch,), device=dev)
+  # bf16: autocast runs convolutions and matmuls in bf16 (JAX's --dtype bfloat16 path).
+  amp = (torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16"
+         else contextlib.nullcontext())
 
   def step():
-    emb, q = model(x)
+    with amp:
+      emb, q = model(x)
+    emb, q = emb.float(), q.float()
     cos = F.normalize(emb) @ F.normalize(centres, dim=0)
     cos = cos.clamp(-1, 1)
     with torch.no_grad():
@@ -102,11 +120,18 @@ def bench_torch(arch, batch, steps, classes, threads):
     opt_b.step()
     opt_h.step()
 
+  def sync():
+    if dev.type == "cuda":
+      torch.cuda.synchronize()
+
   step()
+  step()
+  sync()
   times = []
   for _ in range(steps):
     t = time.perf_counter()
     step()
+    sync()
     times.append(time.perf_counter() - t)
   return batch / np.median(times)
 
@@ -119,14 +144,17 @@ def main():
   p.add_argument("--classes", type=int, default=10572)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--skip-torch", action="store_true")
+  p.add_argument("--conv-grad", default="auto", choices=["auto", "matmul", "xla"],
+                 help="convolution weight gradients (models.IResNet.conv_grad)")
   p.add_argument("--peak-tflops", type=float, default=0.0,
                  help="device peak for the MFU (default: PEAK_TFLOPS by device kind)")
   args = p.parse_args()
   threads = os.cpu_count()
   jax_ips, compile_s, achieved = bench_jax(args.arch, args.batch, args.steps, args.classes,
-                                           args.dtype)
+                                           args.dtype, args.conv_grad)
   print(f"JAX     {args.arch} batch {args.batch}: {jax_ips:7.2f} images/s "
-        f"(compile {compile_s:.0f} s, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
+        f"(conv_grad={args.conv_grad}, compile {compile_s:.0f} s, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
   import jax
   kind = jax.devices()[0].device_kind
   peak = args.peak_tflops * 1e12 or peak_flops(kind, args.dtype)
@@ -140,8 +168,12 @@ def main():
   except ImportError:
     print("PyTorch not installed (pip install -e '.[torch]'): no comparison")
     return
-  torch_ips = bench_torch(args.arch, args.batch, args.steps, args.classes, threads)
-  print(f"PyTorch {args.arch} batch {args.batch}: {torch_ips:7.2f} images/s ({threads} threads)")
+  import torch
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  torch_ips = bench_torch(args.arch, args.batch, args.steps, args.classes, threads, device,
+                          args.dtype)
+  print(f"PyTorch {args.arch} batch {args.batch}: {torch_ips:7.2f} images/s "
+        f"({device}, {threads} threads{', autocast bf16' if args.dtype == 'bfloat16' else ''})")
   print(f"ratio JAX/PyTorch: {jax_ips / torch_ips:.2f}")
 
 

@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.embedding_dim = 512
   c.dropout = 0.4            # before the FC layer, training only
   c.dtype = "float32"        # computation dtype; "bfloat16" for accelerators
+  c.conv_grad = "auto"       # conv weight gradients: "auto" (a matmul per kernel tap on CPU,
+                             # XLA's own elsewhere), "matmul" or "xla" (crfiqa_jax.conv)
 
   # --- Method. ---
   c.method = "crfiqa"        # "crfiqa", or "igfiqa": IG-FIQA's class-variance weights and
@@ -53,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0      # linear lr warmup (demo only; the released recipe has none)
   c.total_steps = 0          # 0 = num_epochs × steps per epoch
   c.trainable = "all"        # "all", or "qs": only the quality head ("on top" ablation)
+  c.freeze_embedding_scale = False  # keep the embedding BN's γ at 1 (insightface ArcFace;
+                                    # the released CR-FIQA trains it): demo lever
   c.init_checkpoint = ""     # backbone to start from: .pth, exported dir or workdir
   c.init_centres = "auto"    # with init_checkpoint: "auto" (the checkpoint's own, else class
                              # means), "means", "random" or head file(s) (crfiqa_jax.warmstart)

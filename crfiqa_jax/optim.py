@@ -44,12 +44,16 @@ def param_groups(params) -> dict:
 
 def make_optimizer(schedule: optax.Schedule, *, momentum: float = 0.9,
                    weight_decay: float = 5e-4, clip_norm: float | None = 5.0,
-                   trainable: str = "all") -> optax.GradientTransformation:
+                   trainable: str = "all",
+                   freeze_embedding_scale: bool = False) -> optax.GradientTransformation:
   """SGD + PyTorch-style weight decay + backbone-only gradient clipping.
 
   Args:
     trainable: "all", or "qs" to train only the quality head (the paper's "on top"
       ablation: a frozen FR model, only the regression layer learns).
+    freeze_embedding_scale: keep the embedding BatchNorm's scale γ ("features") at its
+      initial 1, as insightface's ArcFace iResNet does (`features.weight.requires_grad =
+      False`). The released CR-FIQA model trains it; off in small/large.
   """
   clip = optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity()
   tx = optax.chain(
@@ -65,6 +69,12 @@ def make_optimizer(schedule: optax.Schedule, *, momentum: float = 0.9,
     tx = optax.partition({"train": tx, "freeze": optax.set_to_zero()}, labels)
   elif trainable != "all":
     raise ValueError(f"trainable must be 'all' or 'qs', got {trainable!r}")
+  if freeze_embedding_scale:
+    def scale_labels(params):
+      return jax.tree_util.tree_map_with_path(
+          lambda p, _: "freeze" if tuple(getattr(k, "key", None) for k in p[-2:]) == (
+              "features", "scale") else "train", params)
+    tx = optax.partition({"train": tx, "freeze": optax.set_to_zero()}, scale_labels)
   return tx
 
 

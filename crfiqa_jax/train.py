@@ -51,7 +51,8 @@ class NonFiniteLossError(FloatingPointError):
 
 def build_model(config) -> models.IResNet:
   return models.create_model(config.model, embedding_dim=config.embedding_dim,
-                             dropout=config.dropout, dtype=jnp.dtype(config.dtype))
+                             dropout=config.dropout, dtype=jnp.dtype(config.dtype),
+                             conv_grad=config.get("conv_grad", "auto"))
 
 
 def init_state(rng, *, model, tx, image_size: int, num_classes: int,
@@ -207,7 +208,9 @@ class Trainer:
         self.schedule, int(round(config.get("warmup_epochs", 0) * self.steps_per_epoch)))
     self.tx = optim.make_optimizer(self.schedule, momentum=config.momentum,
                                    weight_decay=config.weight_decay,
-                                   clip_norm=config.clip_norm, trainable=config.trainable)
+                                   clip_norm=config.clip_norm, trainable=config.trainable,
+                                   freeze_embedding_scale=config.get(
+                                       "freeze_embedding_scale", False))
     self.model = build_model(config)
     warmstart.check_on_top(config)
     if config.method not in ("crfiqa", "igfiqa"):

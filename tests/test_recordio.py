@@ -57,3 +57,47 @@ def test_truncated_and_corrupt_files_name_the_spot(tmp_path):
     recordio.read_idx(tmp_path / "junk.idx")
   with pytest.raises(recordio.RecordIOError, match="shorter than the 24-byte header"):
     recordio.unpack(b"abc")
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while True:
+    b, n = n & 0x7F, n >> 7
+    out.append(b | (0x80 if n else 0))
+    if not n:
+      return bytes(out)
+
+
+def _ld(field: int, payload: bytes) -> bytes:  # a length-delimited protobuf field
+  return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def test_parse_example_hand_encoded():
+  from crfiqa_jax.data import records
+  bytes_feature = _ld(1, _ld(1, b"\xff\xd8jpeg"))
+  packed = _ld(3, _ld(1, _varint(7) + _varint(300)))                      # two values, packed
+  unpacked = _ld(3, _varint(1 << 3 | 0) + _varint((1 << 64) - 5))         # one value: -5
+  entries = [_ld(1, _ld(1, b"image") + _ld(2, bytes_feature)),
+             _ld(1, _ld(1, b"ids") + _ld(2, packed)),
+             _ld(1, _ld(1, b"label") + _ld(2, unpacked))]
+  ex = records.parse_example(_ld(1, b"".join(entries)))
+  assert ex == {"image": b"\xff\xd8jpeg", "ids": [7, 300], "label": -5}
+  with pytest.raises(ValueError, match="truncated varint"):
+    records.parse_example(b"\x0a\x80")
+
+
+def test_parse_example_agrees_with_tensorflow_datasets(tiny_records):
+  example_parser = pytest.importorskip("tensorflow_datasets.core.example_parser")
+  from array_record.python import array_record_data_source
+
+  from crfiqa_jax.data import records
+  src = records.RecordSource(tiny_records, "train")
+  parser = example_parser.ExampleParserNp(records.features().get_serialized_info())
+  raw = array_record_data_source.ArrayRecordDataSource(src.paths)
+  for i in range(len(src)):
+    want = parser.parse_example(raw[i])
+    got = src[i]
+    meta = want["metadata"]
+    assert got["image"] == want["image"]
+    assert got["label"] == int(want["label"])
+    assert got["metadata"] == (meta.decode() if isinstance(meta, bytes) else meta)

@@ -174,9 +174,8 @@ class RecordSource:
   def _open(self):
     if self._reader is None:
       from array_record.python import array_record_data_source
-      from tensorflow_datasets.core import example_parser
       self._reader = array_record_data_source.ArrayRecordDataSource(self.paths)
-      self._parser = example_parser.ExampleParserNp(features().get_serialized_info())
+      self._parser = True
 
   def __len__(self) -> int:
     return self._len
@@ -185,13 +184,92 @@ class RecordSource:
     self._open()
     if not 0 <= index < self._len:
       raise IndexError(f"record {index} out of range [0, {self._len})")
-    ex = self._parser.parse_example(self._reader[index])
-    meta = ex["metadata"]
-    return {"image": ex["image"], "label": int(ex["label"]),
-            "metadata": meta.decode() if isinstance(meta, bytes) else meta}
+    ex = parse_example(self._reader[index])
+    try:
+      return {"image": ex["image"], "label": int(ex["label"]),
+              "metadata": ex.get("metadata", b"").decode()}
+    except (KeyError, TypeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{self.paths} record {index} is not a FaceRecords example "
+                       f"(features {sorted(ex)}): {e}") from None
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict]:
     return [self[i] for i in indices]
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+  result = shift = 0
+  while True:
+    if pos >= len(buf):
+      raise ValueError("truncated varint in a serialized tf.train.Example")
+    b = buf[pos]
+    pos += 1
+    result |= (b & 0x7F) << shift
+    if b < 0x80:
+      return result, pos
+    shift += 7
+
+
+def _fields(buf: bytes):
+  """Yields (field number, wire type, value) of one protobuf message: value is an int for
+  varints and a bytes slice for length-delimited fields (fixed32/64 are skipped)."""
+  pos = 0
+  while pos < len(buf):
+    key, pos = _varint(buf, pos)
+    number, wire = key >> 3, key & 7
+    if wire == 0:
+      value, pos = _varint(buf, pos)
+    elif wire == 2:
+      n, pos = _varint(buf, pos)
+      value, pos = buf[pos:pos + n], pos + n
+    elif wire in (1, 5):
+      value, pos = None, pos + (8 if wire == 1 else 4)
+    else:
+      raise ValueError(f"unsupported protobuf wire type {wire} in a tf.train.Example")
+    yield number, wire, value
+
+
+def parse_example(buf: bytes) -> dict:
+  """A serialized tf.train.Example → {name: bytes or int} for single-value bytes and int64
+  features (what FaceRecords stores: image, label, metadata).
+
+  Example{1: Features{1: map entry{1: name, 2: Feature{1: BytesList{1: bytes*},
+  3: Int64List{1: int64* (packed or not)}}}}}. A small pure-Python reader: the read path
+  needs neither TensorFlow nor tensorflow-datasets (tests/test_recordio.py checks it against
+  tensorflow-datasets' own parser).
+  """
+  out = {}
+  for n, _, features in _fields(buf):
+    if n != 1:
+      continue
+    for m, _, entry in _fields(features):
+      if m != 1:
+        continue
+      name, feature = b"", b""
+      for k, _, v in _fields(entry):
+        if k == 1:
+          name = v
+        elif k == 2:
+          feature = v
+      for kind, _, lst in _fields(feature):
+        if kind == 1:  # BytesList
+          vals = [v for f, _, v in _fields(lst) if f == 1]
+        elif kind == 3:  # Int64List
+          vals = []
+          for f, wire, v in _fields(lst):
+            if f != 1:
+              continue
+            if wire == 0:
+              vals.append(v)
+            else:  # packed
+              pos = 0
+              while pos < len(v):
+                x, pos = _varint(v, pos)
+                vals.append(x)
+          vals = [v - (1 << 64) if v >= 1 << 63 else v for v in vals]
+        else:
+          continue
+        out[name.decode()] = vals[0] if len(vals) == 1 else vals
+  return out
 
 
 def read_info(path: str | Path) -> dict:
