@@ -180,6 +180,29 @@ def _pm(xs) -> str:
   return f"{xs.mean():.3f} ± {sd:.3f}" if len(xs) > 1 else f"{xs.mean():.3f}"
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+  """--parallel, --deadline-min and --stop-min (shared with demo_seeds.py)."""
+  p.add_argument("--parallel", type=int, default=1, help="runs at once (e.g. on a GPU)")
+  p.add_argument("--deadline-min", type=float, default=None,
+                 help="start no run after this many minutes")
+  p.add_argument("--stop-min", type=float, default=None,
+                 help="kill the runs still going after this many minutes")
+
+
+def start(args, log_name: str):
+  """(out folder, deadline, stop time, log function) from parsed arguments."""
+  out = Path(args.out).resolve()
+  out.mkdir(parents=True, exist_ok=True)
+  deadline = None if args.deadline_min is None else time.time() + 60 * args.deadline_min
+  stop = None if args.stop_min is None else time.time() + 60 * args.stop_min
+
+  def log(msg):
+    print(msg, flush=True)
+    with open(out / log_name, "a") as f:
+      f.write(msg + "\n")
+  return out, deadline, stop, log
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", default="runs/ablation", help="runs and data go here")
@@ -191,23 +214,11 @@ def main(argv=None):
                  help="epochs of the on-top head (default: --epochs)")
   p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                  help="config overrides for every run (e.g. scale=32)")
-  p.add_argument("--parallel", type=int, default=1, help="runs at once (e.g. on a GPU)")
-  p.add_argument("--deadline-min", type=float, default=None,
-                 help="start no run after this many minutes")
-  p.add_argument("--stop-min", type=float, default=None,
-                 help="kill the runs still going after this many minutes")
+  add_run_args(p)
   p.add_argument("--data", default=None,
                  help="synthetic data to reuse (default: generated into OUT/data)")
   args = p.parse_args(argv)
-  out = Path(args.out).resolve()
-  out.mkdir(parents=True, exist_ok=True)
-  deadline = None if args.deadline_min is None else time.time() + 60 * args.deadline_min
-  stop = None if args.stop_min is None else time.time() + 60 * args.stop_min
-
-  def log(msg):
-    print(msg, flush=True)
-    with open(out / "ablation.log", "a") as f:
-      f.write(msg + "\n")
+  out, deadline, stop, log = start(args, "ablation.log")
 
   common = [f"--config.{kv}" for kv in args.set]
   data = Path(args.data).resolve() if args.data else out / "data"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -51,22 +50,10 @@ def main(argv=None):
                  help="a variant: its name, then its overrides (repeatable)")
   p.add_argument("--methods", nargs="+", default=["cr_paper"],
                  choices=["cr_paper", "igfiqa"])
-  p.add_argument("--parallel", type=int, default=1)
-  p.add_argument("--deadline-min", type=float, default=None,
-                 help="start no run after this many minutes")
-  p.add_argument("--stop-min", type=float, default=None,
-                 help="kill the runs still going after this many minutes")
+  ablation.add_run_args(p)
   args = p.parse_args(argv)
   variants = {v[0]: v[1:] for v in (args.variant or [["default"]])}
-  out = Path(args.out).resolve()
-  out.mkdir(parents=True, exist_ok=True)
-  deadline = None if args.deadline_min is None else time.time() + 60 * args.deadline_min
-  stop = None if args.stop_min is None else time.time() + 60 * args.stop_min
-
-  def log(msg):
-    print(msg, flush=True)
-    with open(out / "demo_seeds.log", "a") as f:
-      f.write(msg + "\n")
+  out, deadline, stop, log = ablation.start(args, "demo_seeds.log")
 
   commons = {}
   for name, kvs in variants.items():

@@ -18,7 +18,7 @@
 # ERC and a gallery of held-out faces sorted by predicted quality.
 #
 # All the work is done by `crfiqa_jax`; the notebook only calls its command line and plots.
-# The full demo takes about 7 minutes on a 2-core CPU. With the environment variable
+# The full demo takes about 8 minutes on a 2-core CPU. With the environment variable
 # `CRFIQA_NOTEBOOK_SMOKE=1` (as in the project's CI) every size is tiny and the numbers
 # mean nothing.
 
