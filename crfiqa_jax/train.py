@@ -116,8 +116,10 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
   running statistics, no dropout), its embedding is stop-gradient and batch_stats stay.
 
   Returns (new_state, metrics) with scalar metrics: loss, loss_arc, loss_cr, cr, ccs, nnccs
-  (batch means; the augmented batch's for IG-FIQA), lr, grad_norm (global norm of the raw
-  gradient), and for IG-FIQA ig_weight (mean w) and ig_alpha.
+  (batch means; ccs and nnccs are the clean batch's for every method, the FR model's health,
+  cr is the regression target's, the augmented batch's for IG-FIQA), lr, grad_norm (global
+  norm of the raw gradient), and for IG-FIQA ig_weight (mean w), ig_alpha, aug_ccs and
+  aug_nnccs (the augmented batch's).
   """
   TRACE_COUNT["train_step"] += 1
   rng = jax.random.fold_in(state.rng, state.step)
@@ -163,7 +165,15 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
       out, class_ccs, w = losses.igfiqa_loss(
           emb, aug_emb, aug_quality, params["centres"], batch["label"], state.class_ccs,
           alpha=alpha, num_classes=num_classes, **loss_kwargs)
-      return out.loss, (out, batch_stats, {"class_ccs": class_ccs, "ig_weight": w.mean()})
+      # The FR model's own health on the clean batch (the logged ccs/nnccs of every method).
+      cos_clean = jnp.clip(losses.cosine_matrix(jax.lax.stop_gradient(emb),
+                                                jax.lax.stop_gradient(params["centres"])),
+                           -1.0, 1.0)
+      valid = (jnp.arange(cos_clean.shape[1]) < num_classes
+               if num_classes < cos_clean.shape[1] else None)
+      _, _, ccs, nnccs = losses.quality_target(cos_clean, batch["label"], valid=valid)
+      return out.loss, (out, batch_stats, {"class_ccs": class_ccs, "ig_weight": w.mean(),
+                                           "ccs": ccs.mean(), "nnccs": nnccs.mean()})
 
   (_, (out, batch_stats, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
@@ -175,7 +185,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
   if ig is not None:
-    metrics.update(ig_weight=extra["ig_weight"], ig_alpha=alpha)
+    metrics.update(ig_weight=extra["ig_weight"], ig_alpha=alpha, aug_ccs=metrics["ccs"],
+                   aug_nnccs=metrics["nnccs"], ccs=extra["ccs"], nnccs=extra["nnccs"])
     new_state = new_state.replace(class_ccs=extra["class_ccs"])
   return new_state, metrics
 

@@ -166,11 +166,19 @@ def test_augmented_pass_reaches_nothing_but_the_quality_head():
     config = _config(clip_norm=0.0, **kw)
     trainer = train.Trainer(config, num_classes=10, num_examples=160,
                             mesh=sharding.make_mesh(jax.devices()[:1]))
-    state, _ = trainer.step_fn(trainer.init(), sharding.global_batch(_batch(), trainer.mesh))
+    state, metrics = trainer.step_fn(trainer.init(),
+                                     sharding.global_batch(_batch(), trainer.mesh))
+    one.metrics = train.as_numpy(metrics)
     return train.as_numpy(state)
 
   cr0 = one(lambda_cr=0.0)
+  m_cr = one.metrics
   ig_head = one(method="igfiqa", ig_backbone_grad=False)
+  # The logged ccs/nnccs are the clean batch's for both methods (the same forward here);
+  # IG-FIQA logs its augmented batch's apart.
+  for k in ("ccs", "nnccs"):
+    np.testing.assert_allclose(one.metrics[k], m_cr[k], rtol=1e-5, atol=1e-6)
+    assert abs(float(one.metrics["aug_" + k]) - float(m_cr[k])) > 1e-4
   close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7)
   jax.tree.map(close, ig_head.batch_stats, cr0.batch_stats)
   close(ig_head.params["centres"], cr0.params["centres"])
