@@ -31,6 +31,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.method = "crfiqa"        # "crfiqa", or "igfiqa": IG-FIQA's class-variance weights and
                              # augmented copy for the quality branch (README, IG-FIQA)
   c.ig_backbone_grad = True  # igfiqa: the augmented quality loss also trains the backbone
+  # igfiqa: the augmented copy's degradations (crfiqa_jax.augment.AugmentParams; the paper
+  # gives no values, these are ours): per image, each with its own probability.
+  c.ig_augment = ml_collections.ConfigDict(dict(
+      p_rescale=0.5, min_scale=0.2, p_erase=0.5, erase_area=(0.02, 0.33),
+      erase_aspect=(0.3, 3.3), p_jitter=0.5, jitter=0.4, p_gray=0.2))
 
   # --- Loss (paper eqs. 1-6). ---
   c.scale = 64.0             # ArcFace s

@@ -159,13 +159,20 @@ def _forward(model, variables, images):
 
 class FlaxPredictor:
   """A Flax (embedding, quality) model on a 1-D mesh over this process's devices: the batch
-  is split over them, the variables replicated. Calls return jax arrays (asynchronous)."""
+  is split over them, the variables replicated. Calls return jax arrays (asynchronous).
 
-  def __init__(self, model, variables, *, image_size: int = 112, devices=None):
+  fold_bn: an IResNet's BatchNorms that follow a convolution or the FC layer are folded into
+  them first (models.fold_batchnorm: the same function to float rounding, one pass over
+  the activations fewer per BN; benchmarks/score.py measures it)."""
+
+  def __init__(self, model, variables, *, image_size: int = 112, devices=None,
+               fold_bn: bool = True):
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from crfiqa_jax import sharding
+    from crfiqa_jax import models, sharding
+    if fold_bn and isinstance(model, models.IResNet) and not model.folded:
+      model, variables = models.fold_batchnorm(model, host_local(variables))
     self.mesh = sharding.make_mesh(jax.local_devices() if devices is None else devices)
     repl, split = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(sharding.DATA))
     self.model = model

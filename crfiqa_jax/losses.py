@@ -82,11 +82,19 @@ class LossOutput(NamedTuple):
   nnccs: jax.Array      # [B]
 
 
-def cosine_matrix(embedding: jax.Array, centres: jax.Array) -> jax.Array:
-  """cos θ between rows of `embedding` [B, D] and columns of `centres` [D, C] → [B, C]."""
+def cosine_matrix(embedding: jax.Array, centres: jax.Array, *, sharding=None) -> jax.Array:
+  """cos θ between rows of `embedding` [B, D] and columns of `centres` [D, C] → [B, C].
+
+  sharding: optional layout of the result (and, through autodiff, of its cotangent), e.g.
+  split along classes like class-sharded centres. Pinning it keeps XLA from gathering
+  the centres to every device to form the embeddings' gradient (all C columns per device,
+  seen in XLA's choice without it); with it that gradient is a sum of per-device partial
+  products.
+  """
   x = embedding / jnp.maximum(jnp.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
   w = centres / jnp.maximum(jnp.linalg.norm(centres, axis=0, keepdims=True), 1e-12)
-  return x @ w
+  cos = x @ w
+  return cos if sharding is None else jax.lax.with_sharding_constraint(cos, sharding)
 
 
 def _valid_columns(num_columns: int, num_classes: int | None) -> jax.Array | None:
@@ -135,7 +143,7 @@ def crfiqa_loss(embedding: jax.Array, quality: jax.Array, centres: jax.Array,
                 lambda_cr: float = 10.0, cr_form: str = "paper", target: str = "cr",
                 beta: float = 0.5, eps: float = 1e-9, num_classes: int | None = None,
                 sample_weight: jax.Array | None = None,
-                margin_fallback: bool = False) -> LossOutput:
+                margin_fallback: bool = False, logits_sharding=None) -> LossOutput:
   """Total CR-FIQA loss (eq. 6): L = L_Arc + λ·mean(smooth_l1(quality, target)).
 
   Args:
@@ -150,8 +158,9 @@ def crfiqa_loss(embedding: jax.Array, quality: jax.Array, centres: jax.Array,
     margin_fallback: insightface's guard for θ_y + m > π (see `arcface_loss`). The
       released CR-FIQA code has no such guard (default off); small models on few classes
       can otherwise collapse to embeddings far from every centre.
+    logits_sharding: optional layout of the [B, C'] cosines (`cosine_matrix`).
   """
-  cos_theta = jnp.clip(cosine_matrix(embedding, centres), -1.0, 1.0)
+  cos_theta = jnp.clip(cosine_matrix(embedding, centres, sharding=logits_sharding), -1.0, 1.0)
   valid = _valid_columns(cos_theta.shape[1], num_classes)
   loss_arc = arcface_loss(cos_theta, labels, scale=scale, margin=margin,
                           margin_fallback=margin_fallback, valid=valid)
@@ -224,7 +233,8 @@ def igfiqa_loss(embedding: jax.Array, aug_embedding: jax.Array, aug_quality: jax
                 scale: float = 64.0, margin: float = 0.5, lambda_cr: float = 10.0,
                 cr_form: str = "paper", target: str = "cr", beta: float = 0.5,
                 eps: float = 1e-9, num_classes: int | None = None,
-                margin_fallback: bool = False) -> tuple[LossOutput, jax.Array, jax.Array]:
+                margin_fallback: bool = False,
+                logits_sharding=None) -> tuple[LossOutput, jax.Array, jax.Array]:
   """IG-FIQA: L = L_Arc(clean) + λ·mean_i(w_i·smooth_l1(q̃_i, CR̃_i)).
 
   The ArcFace term sees the clean embeddings [B, D] only. The augmented copy's embeddings
@@ -236,12 +246,13 @@ def igfiqa_loss(embedding: jax.Array, aug_embedding: jax.Array, aug_quality: jax
   Returns:
     (LossOutput whose cr/ccs/nnccs are the augmented batch's, new class_ccs [C'], w [B]).
   """
-  cos_theta = jnp.clip(cosine_matrix(embedding, centres), -1.0, 1.0)
+  cos_theta = jnp.clip(cosine_matrix(embedding, centres, sharding=logits_sharding), -1.0, 1.0)
   valid = _valid_columns(cos_theta.shape[1], num_classes)
   loss_arc = arcface_loss(cos_theta, labels, scale=scale, margin=margin,
                           margin_fallback=margin_fallback, valid=valid)
   cos_aug = jnp.clip(cosine_matrix(jax.lax.stop_gradient(aug_embedding),
-                                   jax.lax.stop_gradient(centres)), -1.0, 1.0)
+                                   jax.lax.stop_gradient(centres), sharding=logits_sharding),
+                     -1.0, 1.0)
   tgt, cr, ccs, nnccs = quality_target(cos_aug, labels, target=target, cr_form=cr_form,
                                        eps=eps, valid=valid)
   new_ccs = igfiqa_update(class_ccs, ccs, labels, alpha=alpha)

@@ -27,6 +27,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from crfiqa_jax import conv as conv_lib
 
@@ -73,23 +74,26 @@ class IBasicBlock(nn.Module):
   downsample: bool = False
   dtype: jnp.dtype = jnp.float32
   conv_grad: str = "auto"
+  folded: bool = False     # inference: the BNs after convs are folded in (fold_batchnorm)
 
   @nn.compact
   def __call__(self, x, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPS, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=_conv_init, dtype=self.dtype,
-                             conv_general_dilated=_conv_fn(self.conv_grad))
+    conv = functools.partial(nn.Conv, use_bias=self.folded, kernel_init=_conv_init,
+                             dtype=self.dtype, conv_general_dilated=_conv_fn(self.conv_grad))
+    # Folded: the BN after each conv is already in that conv's kernel and bias.
+    post = (lambda name: lambda y: y) if self.folded else (lambda name: norm(name=name))
     y = norm(name="bn1")(x)
     y = conv(self.features, (3, 3), padding=_PAD1, name="conv1")(y)
-    y = norm(name="bn2")(y)
+    y = post("bn2")(y)
     y = PReLU(name="prelu")(y)
     y = conv(self.features, (3, 3), strides=self.strides, padding=_PAD1, name="conv2")(y)
-    y = norm(name="bn3")(y)
+    y = post("bn3")(y)
     if self.downsample:
       x = conv(self.features, (1, 1), strides=self.strides, padding="VALID",
                name="downsample_conv")(x)
-      x = norm(name="downsample_bn")(x)
+      x = post("downsample_bn")(x)
     return y + x
 
 
@@ -106,6 +110,10 @@ class IResNet(nn.Module):
       (a matrix product per kernel offset, crfiqa_jax.conv; several times faster on XLA:CPU)
       or "auto" (matmul on the CPU backend, XLA elsewhere). Outputs and gradients agree to
       float rounding; parameters and their names are the same.
+    folded: inference only, with variables from `fold_batchnorm`: every BatchNorm that
+      follows a convolution or the FC layer (and the BN before the FC) is folded into it,
+      exact up to float rounding; only each block's first BN (before a zero-padded conv,
+      where folding would be wrong at the border) stays.
   """
 
   stage_sizes: Sequence[int]
@@ -114,31 +122,38 @@ class IResNet(nn.Module):
   dropout: float = 0.4
   dtype: jnp.dtype = jnp.float32
   conv_grad: str = "auto"
+  folded: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"IResNet expects NHWC RGB images [B, H, W, 3], got shape {x.shape}")
+    if self.folded and train:
+      raise ValueError("a folded IResNet (fold_batchnorm) is for inference only")
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPS, dtype=self.dtype)
+    post = (lambda name, **kw: lambda y: y) if self.folded else (
+        lambda name, **kw: norm(name=name, **kw))
     x = x.astype(self.dtype)
-    x = nn.Conv(self.widths[0], (3, 3), padding=_PAD1, use_bias=False, kernel_init=_conv_init,
-                dtype=self.dtype, conv_general_dilated=_conv_fn(self.conv_grad), name="conv1")(x)
-    x = norm(name="bn1")(x)
+    x = nn.Conv(self.widths[0], (3, 3), padding=_PAD1, use_bias=self.folded,
+                kernel_init=_conv_init, dtype=self.dtype,
+                conv_general_dilated=_conv_fn(self.conv_grad), name="conv1")(x)
+    x = post("bn1")(x)
     x = PReLU(name="prelu")(x)
     for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n_blocks):
         # Every stage's first block (layer1's too) is strided and has a projection shortcut.
         x = IBasicBlock(width, strides=2 if j == 0 else 1, downsample=j == 0, dtype=self.dtype,
-                        conv_grad=self.conv_grad, name=f"layer{i + 1}_{j}")(x, train)
-    x = norm(name="bn2")(x)
+                        conv_grad=self.conv_grad, folded=self.folded,
+                        name=f"layer{i + 1}_{j}")(x, train)
+    x = post("bn2")(x)
     x = x.reshape(x.shape[0], -1)  # (H, W, C) order
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     fc_init = _torch_linear_init(x.shape[-1])
     x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=fc_init, bias_init=fc_init,
                  name="fc")(x)
     # float32 from here on: the embedding feeds the cosine/ArcFace/CR maths.
-    emb = norm(name="features", dtype=jnp.float32)(x)
+    emb = post("features", dtype=jnp.float32)(x).astype(jnp.float32)
     qs_init = _torch_linear_init(emb.shape[-1])
     quality = nn.Dense(1, kernel_init=qs_init, bias_init=qs_init, name="qs")(emb)[:, 0]
     return emb, quality
@@ -159,6 +174,61 @@ ARCHS = {
     "iresnet100": IResNet100,
     "iresnet_tiny": IResNetTiny,
 }
+
+
+def _bn_affine(stats: dict, params: dict) -> tuple:
+  """Eval-mode BatchNorm as y = a·x + b (float64)."""
+  a = np.asarray(params["scale"], np.float64) / np.sqrt(
+      np.asarray(stats["var"], np.float64) + BN_EPS)
+  return a, np.asarray(params["bias"], np.float64) - np.asarray(stats["mean"], np.float64) * a
+
+
+def _fold_conv(conv_params: dict, bn_params: dict, bn_stats: dict) -> dict:
+  """conv (no bias) then BN → one conv with bias: kernel·a over output channels, bias b."""
+  a, b = _bn_affine(bn_stats, bn_params)
+  kernel = np.asarray(conv_params["kernel"], np.float64) * a
+  return {"kernel": kernel.astype(np.float32), "bias": b.astype(np.float32)}
+
+
+def fold_batchnorm(model: IResNet, variables: dict) -> tuple[IResNet, dict]:
+  """(folded model, its variables) computing the same eval-mode function as (model, variables).
+
+  Every conv → BN pair becomes one conv with a bias (the stem, each block's two convs and its
+  shortcut), and the head's BN2d → flatten → FC → BN1d becomes one FC: exact algebra, done in
+  float64, so outputs agree to float32 rounding. Each block's first BN stays (folding it into
+  the following zero-padded conv would be wrong at the border). Saves a pass over every
+  such activation at inference. `variables` holds "params" and "batch_stats".
+  """
+  if model.folded:
+    raise ValueError("this model is already folded")
+  params = jax.tree.map(np.asarray, dict(variables["params"]))
+  stats = jax.tree.map(np.asarray, dict(variables["batch_stats"]))
+  out_p, out_s = {}, {}
+  for name, sub in params.items():
+    if not name.startswith("layer"):
+      continue
+    sub_s = stats[name]
+    block_p = {"bn1": sub["bn1"], "prelu": sub["prelu"],
+               "conv1": _fold_conv(sub["conv1"], sub["bn2"], sub_s["bn2"]),
+               "conv2": _fold_conv(sub["conv2"], sub["bn3"], sub_s["bn3"])}
+    if "downsample_conv" in sub:
+      block_p["downsample_conv"] = _fold_conv(sub["downsample_conv"], sub["downsample_bn"],
+                                              sub_s["downsample_bn"])
+    out_p[name], out_s[name] = block_p, {"bn1": sub_s["bn1"]}
+  out_p["conv1"] = _fold_conv(params["conv1"], params["bn1"], stats["bn1"])
+  out_p["prelu"] = params["prelu"]
+  # Head: fc(a2·x + b2) with a2, b2 per channel, tiled over the (H, W, C)-flattened features;
+  # then the embedding BN af·y + bf over its outputs.
+  a2, b2 = _bn_affine(stats["bn2"], params["bn2"])
+  w = np.asarray(params["fc"]["kernel"], np.float64)
+  reps = w.shape[0] // a2.shape[0]
+  a2, b2 = np.tile(a2, reps), np.tile(b2, reps)
+  af, bf = _bn_affine(stats["features"], params["features"])
+  out_p["fc"] = {"kernel": ((a2[:, None] * w) * af).astype(np.float32),
+                 "bias": (((b2 @ w) + np.asarray(params["fc"]["bias"], np.float64)) * af
+                          + bf).astype(np.float32)}
+  out_p["qs"] = params["qs"]
+  return model.clone(folded=True), {"params": out_p, "batch_stats": out_s}
 
 
 def create_model(name: str, **kwargs) -> IResNet:

@@ -60,6 +60,11 @@ def state_shardings(abstract_state, mesh: Mesh, shard_centres: bool):
   return jax.tree_util.tree_map_with_path(choose, abstract_state)
 
 
+def class_sharding(mesh: Mesh) -> NamedSharding:
+  """[B, C] arrays (cosines, logits) split along the class axis like the centres."""
+  return NamedSharding(mesh, P(None, DATA))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 

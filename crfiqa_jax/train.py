@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import json
 import logging
@@ -87,6 +88,27 @@ class IGSettings(NamedTuple):
   augment: augment.AugmentParams = augment.AugmentParams()
 
 
+def augment_params(config) -> augment.AugmentParams:
+  """config.ig_augment (absent in old configs: the defaults) as AugmentParams, checked."""
+  given = config.get("ig_augment")
+  if given is None:
+    return augment.AugmentParams()
+  fields = {f.name for f in dataclasses.fields(augment.AugmentParams)}
+  unknown = set(given.keys()) - fields
+  if unknown:
+    raise ValueError(f"config.ig_augment: unknown keys {sorted(unknown)}; known: "
+                     f"{sorted(fields)}")
+  kw = {k: tuple(float(x) for x in v) if isinstance(v, (tuple, list)) else float(v)
+        for k, v in given.items()}
+  params = augment.AugmentParams(**kw)
+  for k in ("p_rescale", "p_erase", "p_jitter", "p_gray"):
+    if not 0.0 <= getattr(params, k) <= 1.0:
+      raise ValueError(f"config.ig_augment.{k} must be a probability, got {getattr(params, k)}")
+  if not 0.0 < params.min_scale <= 1.0:
+    raise ValueError(f"config.ig_augment.min_scale must be in (0, 1], got {params.min_scale}")
+  return params
+
+
 def _quality_head(backbone_params, emb: jax.Array) -> jax.Array:
   """The model's `qs` Dense(1) applied to embeddings [B, D] → [B] (used where the head
   must see a stop-gradient embedding)."""
@@ -95,7 +117,8 @@ def _quality_head(backbone_params, emb: jax.Array) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwargs: dict,
-               num_classes: int, embedding_sharding=None, ig: IGSettings | None = None,
+               num_classes: int, embedding_sharding=None, logits_sharding=None,
+               ig: IGSettings | None = None,
                frozen_backbone: bool = False, margin_ramp_steps: int = 0):
   """One SGD step on a global batch {"image": uint8 [B,H,W,3], "label": int32 [B]}.
 
@@ -148,7 +171,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
     def loss_fn(params):
       emb, quality, batch_stats = forward(params, images, rng)
       out = losses.crfiqa_loss(emb, quality, params["centres"], batch["label"],
-                               num_classes=num_classes, **loss_kwargs)
+                               num_classes=num_classes, logits_sharding=logits_sharding,
+                               **loss_kwargs)
       return out.loss, (out, batch_stats, {})
   else:
     k_aug, k_drop_aug = jax.random.split(jax.random.fold_in(rng, 1))
@@ -164,11 +188,12 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
         aug_quality = _quality_head(params["backbone"], aug_emb)
       out, class_ccs, w = losses.igfiqa_loss(
           emb, aug_emb, aug_quality, params["centres"], batch["label"], state.class_ccs,
-          alpha=alpha, num_classes=num_classes, **loss_kwargs)
+          alpha=alpha, num_classes=num_classes, logits_sharding=logits_sharding,
+          **loss_kwargs)
       # The FR model's own health on the clean batch (the logged ccs/nnccs of every method).
       cos_clean = jnp.clip(losses.cosine_matrix(jax.lax.stop_gradient(emb),
-                                                jax.lax.stop_gradient(params["centres"])),
-                           -1.0, 1.0)
+                                                jax.lax.stop_gradient(params["centres"]),
+                                                sharding=logits_sharding), -1.0, 1.0)
       valid = (jnp.arange(cos_clean.shape[1]) < num_classes
                if num_classes < cos_clean.shape[1] else None)
       _, _, ccs, nnccs = losses.quality_target(cos_clean, batch["label"], valid=valid)
@@ -230,7 +255,8 @@ class Trainer:
     if config.method == "igfiqa":
       ig = IGSettings(steps_per_epoch=self.steps_per_epoch,
                       num_epochs=max(1.0, self.total_steps / self.steps_per_epoch),
-                      backbone_grad=config.ig_backbone_grad)
+                      backbone_grad=config.ig_backbone_grad,
+                      augment=augment_params(config))
     self._init = functools.partial(init_state, model=self.model, tx=self.tx,
                                    image_size=config.image_size, num_classes=num_classes,
                                    num_classes_padded=self.num_classes_padded,
@@ -243,7 +269,9 @@ class Trainer:
     step = functools.partial(
         train_step, model=self.model, tx=self.tx, schedule=self.schedule,
         loss_kwargs=loss_kwargs_from_config(config), num_classes=num_classes,
-        embedding_sharding=repl if config.shard_centres else None, ig=ig,
+        embedding_sharding=repl if config.shard_centres else None,
+        logits_sharding=(sharding.class_sharding(self.mesh) if config.shard_centres
+                         else None), ig=ig,
         frozen_backbone=config.trainable == "qs",
         margin_ramp_steps=int(round(config.get("margin_ramp_epochs", 0) * self.steps_per_epoch)))
     batch_sh = sharding.batch_sharding(self.mesh)

@@ -209,3 +209,25 @@ def test_ig_resume_restores_class_ccs_bit_identical(tiny_records, tmp_path):
 def test_unknown_method_is_refused():
   with pytest.raises(ValueError, match="method must be 'crfiqa' or 'igfiqa'"):
     train.Trainer(_config(method="ig"), num_classes=10, num_examples=160)
+
+
+def test_augment_parameters_come_from_the_config():
+  from crfiqa_jax import main as cli
+  base = train.augment_params(cli.load_config("small", {}))
+  assert base == augment.AugmentParams()           # the defaults, unchanged for small/large
+  demo = train.augment_params(cli.load_config("demo", {"method": "igfiqa"}))
+  assert (demo.p_rescale, demo.min_scale, demo.erase_area, demo.p_gray) == (
+      0.25, 0.4, (0.02, 0.2), 0.1)
+  config = _config(method="igfiqa")
+  config.ig_augment = {"p_rescale": 0.0, "p_erase": 0.0, "p_jitter": 0.0, "p_gray": 0.0}
+  trainer = train.Trainer(config, num_classes=10, num_examples=32)
+  assert trainer.step_fn is not None
+  none = train.augment_params(config)
+  imgs = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)), jnp.uint8)
+  np.testing.assert_array_equal(augment.augment(imgs, jax.random.key(0), none), imgs)
+  config.ig_augment = {"p_blur": 0.5}
+  with pytest.raises(ValueError, match="unknown keys \\['p_blur'\\]"):
+    train.augment_params(config)
+  config.ig_augment = {"p_gray": 1.5}
+  with pytest.raises(ValueError, match="p_gray must be a probability"):
+    train.augment_params(config)

@@ -1,4 +1,5 @@
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -52,6 +53,31 @@ def test_sharded_centres_live_split_over_devices():
   centres = state.params["centres"]
   assert centres.sharding.spec == jax.sharding.PartitionSpec(None, "data")
   assert {s.data.shape for s in centres.addressable_shards} == {(32, 2)}
+
+
+@pytest.mark.parametrize("method", ["crfiqa", "igfiqa"])
+def test_sharded_centres_are_never_gathered_whole(method):
+  """Class-sharded centres stay split in the compiled step: no all-gather produces the
+  whole class axis, and the step's temporaries stay far below one copy of all the centres
+  (XLA gathered them to every device for the embeddings' gradient before the cosines'
+  layout was pinned, losses.cosine_matrix)."""
+  import re
+  n_classes = 200_000                    # 32 × 200,000 fp32 centres = 25.6 MB
+  # margin_fallback and no dropout: the settings under which XLA:CPU gathered them.
+  trainer = train.Trainer(_config(shard_centres=True, method=method, margin_fallback=True,
+                                  dropout=0.0), num_classes=n_classes,
+                          num_examples=160)
+  c = trainer.num_classes_padded
+  batch_sh = sharding.batch_sharding(trainer.mesh)
+  batch = {"image": jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.uint8, sharding=batch_sh),
+           "label": jax.ShapeDtypeStruct((16,), jnp.int32, sharding=batch_sh)}
+  compiled = trainer.step_fn.lower(trainer.abstract_target(), batch).compile()
+  gathered = [m.group(1) for m in re.finditer(r"= \w+\[([\d,]*)\][^=]*? all-gather\(",
+                                               compiled.as_text())]
+  assert gathered, "expected the (small) embeddings to be gathered"
+  assert not [g for g in gathered if str(c) in g.split(",")], gathered
+  centres_bytes = 32 * c * 4
+  assert compiled.memory_analysis().temp_size_in_bytes < centres_bytes  # a gathered copy ≥ it
 
 
 def test_step_traced_once_and_resume_is_exact(tiny_records, tmp_path):

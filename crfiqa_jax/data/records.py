@@ -162,20 +162,18 @@ class RecordSource:
                   for i in range(n_shards)]
     self.split = split
     self._reader = None
-    self._parser = None
     self._len = sum(int(n) for n in splits[split].get("shardLengths", []))
 
   def __getstate__(self):
-    return {k: v for k, v in self.__dict__.items() if k not in ("_reader", "_parser")}
+    return {k: v for k, v in self.__dict__.items() if k != "_reader"}
 
   def __setstate__(self, state):
-    self.__dict__.update(state, _reader=None, _parser=None)
+    self.__dict__.update(state, _reader=None)
 
   def _open(self):
     if self._reader is None:
       from array_record.python import array_record_data_source
       self._reader = array_record_data_source.ArrayRecordDataSource(self.paths)
-      self._parser = True
 
   def __len__(self) -> int:
     return self._len
