@@ -22,6 +22,8 @@ with benchmarks/demo_seeds.py (README, "The demo"):
                      seed of three at s = 32).
   image_size = 48, num_epochs = 10, lr decays after epochs 6 and 9: what fits 10 minutes
                      of a 2-core CPU.
+  ig_augment         IG-FIQA only (--config.method=igfiqa): a milder augmented copy (the
+                     faces are degraded already; the base one missed an ERC target).
 Two further levers exist and stay OFF: warmup_epochs (linear lr warmup) and
 margin_ramp_epochs (ArcFace margin grown from 0); with scale 32 they did not help.
 """

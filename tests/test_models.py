@@ -116,13 +116,13 @@ def test_folded_batchnorm_computes_the_same_function():
     models.fold_batchnorm(folded, fvars)
 
 
-def test_predictor_folds_by_default_and_scores_the_same():
+def test_predictor_with_folded_batchnorm_scores_the_same():
   from crfiqa_jax import inference
   model = models.create_model("iresnet_tiny", dropout=0.0)
   imgs = np.random.default_rng(2).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   variables = _random_bn_variables(model, jnp.zeros((1, 32, 32, 3)))
-  folded = inference.FlaxPredictor(model, variables, image_size=32)
-  kept = inference.FlaxPredictor(model, variables, image_size=32, fold_bn=False)
+  folded = inference.FlaxPredictor(model, variables, image_size=32, fold_bn=True)
+  kept = inference.FlaxPredictor(model, variables, image_size=32)
   assert folded.model.folded and not kept.model.folded
   e0, q0 = kept(imgs)
   e1, q1 = folded(imgs)
