@@ -2,7 +2,7 @@
 layout × dtype for one config, in one process (libtpu loads once; each row is one XLA:TPU
 compile of the real train step, minutes for iResNet100 on a small CPU).
 
-    python benchmarks/plan_table.py --config=large --out=plan_large.jsonl [--rows=ROWS]
+    python benchmarks/plan_table.py --config=large --out=benchmarks/results/plan_large.jsonl [--rows=ROWS]
 
 ROWS: "TOPOLOGY/CLASSES/{rep,shard}/{fp32,bf16}" joined by commas (default: DEFAULT_ROWS).
 Rows already in --out are not compiled again; the markdown table is printed at the end.
