@@ -117,8 +117,7 @@ def _quality_head(backbone_params, emb: jax.Array) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwargs: dict,
-               num_classes: int, embedding_sharding=None, logits_sharding=None,
-               ig: IGSettings | None = None,
+               num_classes: int, logits_sharding=None, ig: IGSettings | None = None,
                frozen_backbone: bool = False, margin_ramp_steps: int = 0):
   """One SGD step on a global batch {"image": uint8 [B,H,W,3], "label": int32 [B]}.
 
@@ -162,9 +161,10 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
       (emb, quality), new_vars = model.apply(variables, x, train=True, rngs={"dropout": key},
                                              mutable=["batch_stats"])
       batch_stats = new_vars["batch_stats"]
-    if embedding_sharding is not None:
+    if logits_sharding is not None:
       # Partial-FC layout: gather the (small) embeddings, keep centres split by class.
-      emb = jax.lax.with_sharding_constraint(emb, embedding_sharding)
+      emb = jax.lax.with_sharding_constraint(
+          emb, jax.sharding.NamedSharding(logits_sharding.mesh, jax.sharding.PartitionSpec()))
     return emb, quality, batch_stats
 
   if ig is None:
@@ -269,7 +269,6 @@ class Trainer:
     step = functools.partial(
         train_step, model=self.model, tx=self.tx, schedule=self.schedule,
         loss_kwargs=loss_kwargs_from_config(config), num_classes=num_classes,
-        embedding_sharding=repl if config.shard_centres else None,
         logits_sharding=(sharding.class_sharding(self.mesh) if config.shard_centres
                          else None), ig=ig,
         frozen_backbone=config.trainable == "qs",
