@@ -131,11 +131,21 @@ def _recomputed(similarity, genuine, quality, fmrs, ratios):
 
 class _TopSet:
   """The pairs with similarity ≥ about the share-quantile from the top of the impostor
-  similarities (estimated on a sample; all pairs once share ≥ 1), grouped by equal score
-  = −arccos(similarity)/π, the released ROC's candidates. Operating points at FMR ≤ 1e-2
-  lie among the highest scores, so per-ratio work touches this set only; `complete` says
-  whether it holds every pair. Its lowest group may miss pairs of equal score outside the
-  set, so when incomplete that group is never used (`_recomputed_on`)."""
+  similarities (estimated on a sample; all pairs once share ≥ 1), with score
+  s = −arccos(similarity)/π (the released ROC's candidates are the distinct scores).
+  Operating points at FMR ≤ 1e-2 lie among the highest scores, so per-ratio work touches
+  this set only; `complete` says whether it holds every pair.
+
+  Impostors are grouped by equal score (`imp_val`, descending; kept counts `imp_cnt`): their
+  cumulative counts are the ROC's FMR levels. Genuine pairs — most of the set on real data —
+  are never sorted: they sit in K bins of equal score width (kept counts `gen_cnt`; members
+  in bin order, `gen_pair` and `gen_score`; dropped pairs flagged in `gone`), enough to
+  count kept genuine pairs above a score and to find the lowest kept genuine score between
+  two impostor scores. The lowest impostor group
+  may miss pairs of equal score outside the set, so when incomplete it is never used; every
+  genuine pair scoring above it is in the set (the score is non-decreasing in similarity)."""
+
+  K = 1 << 16
 
   def __init__(self, similarity, genuine, imp_sample, share):
     k = int(np.ceil(share * len(imp_sample)))
@@ -146,99 +156,153 @@ class _TopSet:
       cut = np.partition(imp_sample, len(imp_sample) - k)[len(imp_sample) - k]
       idx = np.flatnonzero(similarity >= cut)        # never empty: holds that impostor
     score = -(np.arccos(np.clip(similarity[idx], -1.0, 1.0)) / np.pi)
-    order = np.argsort(score)[::-1]                   # descending; any order within ties
-    s_sorted, pairs = score[order], idx[order]
-    new_group = np.r_[True, s_sorted[1:] != s_sorted[:-1]]
-    starts = np.flatnonzero(new_group)
-    gen_sorted = genuine[pairs]
-    # Kept pairs per group (group 0 = the highest score), from the sorted runs.
-    self.gen_cnt = np.add.reduceat(gen_sorted.astype(np.int64), starts)
-    self.imp_cnt = np.diff(np.r_[starts, len(idx)]) - self.gen_cnt
-    # 2·group + genuine for every pair (2·(−1) + genuine outside the set): one gather per
-    # ratio tells whether a dropped pair is genuine and, inside the set, its group.
+    is_gen = genuine[idx]
+    values, inverse = np.unique(score[~is_gen], return_inverse=True)
+    self.imp_val = values[::-1]                       # descending
+    group = len(values) - 1 - inverse.reshape(-1)
+    self.imp_cnt = np.bincount(group, minlength=len(values))
+    g_score, g_pair = score[is_gen], idx[is_gen]
+    self.lo = float(score.min())
+    self.scale = self.K / (0.0 - self.lo) if self.lo < 0 else 0.0
+    g_bin = self._bins(g_score)
+    in_bin = np.argsort(g_bin, kind="stable")         # a counting sort (16-bit keys)
+    self.gen_score, self.gen_pair = g_score[in_bin], g_pair[in_bin]
+    self.gen_cnt = np.bincount(g_bin, minlength=self.K)
+    self.starts = np.r_[0, np.cumsum(self.gen_cnt)]
+    self.gone = np.zeros(len(similarity), bool)
+    # Every pair's code: 2·impostor group or 2·genuine bin + 1 inside the set, −2 / −1
+    # (impostor / genuine) outside: one gather per ratio tells what a dropped pair was.
     itype = np.int32 if len(similarity) < 2**30 else np.int64
-    self.code = genuine.astype(itype) - 2
-    self.code[pairs] = 2 * (np.cumsum(new_group, dtype=itype) - 1) + gen_sorted
+    self.code = genuine.view(np.int8).astype(itype)
+    self.code -= 2
+    self.code[idx[~is_gen]] = 2 * group
+    self.code[g_pair] = 2 * g_bin.astype(itype) + 1
+
+  def _bins(self, s):
+    """Bins of in-set scores (all ≥ lo): non-decreasing in the score."""
+    b = ((s - self.lo) * self.scale).astype(np.int32)
+    return np.minimum(b, self.K - 1, out=b).astype(np.uint16)
+
+  def _bin(self, x):
+    """`_bins` for one score, any float; −inf → 0, +inf → K − 1 (same IEEE arithmetic)."""
+    if x == np.inf:
+      return self.K - 1
+    if x == -np.inf or x <= self.lo:
+      return 0
+    return min(int((float(x) - self.lo) * self.scale), self.K - 1)
+
+  def drop(self, pairs, code):
+    """Takes dropped in-set pairs (`pairs` and their codes, all ≥ 0) out of the kept set."""
+    odd = (code & 1).astype(bool)
+    self.imp_cnt -= np.bincount(code[~odd] >> 1, minlength=len(self.imp_cnt))
+    self.gen_cnt -= np.bincount(code[odd] >> 1, minlength=self.K)
+    self.gone[pairs[odd]] = True
+
+  def _members(self, b, above=-np.inf, below=np.inf):
+    """Kept genuine scores in bin b strictly between `above` and `below`."""
+    span = slice(self.starts[b], self.starts[b + 1])
+    s = self.gen_score[span]
+    return s[~self.gone[self.gen_pair[span]] & (s > above) & (s < below)]
+
+  def kept_from(self):
+    """[K + 1]: kept genuine pairs in bins ≥ b."""
+    return np.r_[np.cumsum(self.gen_cnt[::-1])[::-1], 0]
+
+  def genuine_above(self, x, kept_from):
+    """Kept genuine pairs with score > x (kept_from: `kept_from()` of the current counts)."""
+    b = self._bin(x)
+    return int(kept_from[b + 1]) + len(self._members(b, above=x))
+
+  def lowest_genuine_between(self, a, b):
+    """The lowest kept genuine score in the open interval (a, b), or None."""
+    ba, bb = self._bin(a), self._bin(b)
+    for lo_bin, hi_bin in ((ba, ba), (ba + 1, bb)):
+      if lo_bin > hi_bin:
+        continue
+      if lo_bin != hi_bin:  # the lowest bin above ba holding a kept genuine pair
+        nz = np.flatnonzero(self.gen_cnt[lo_bin:hi_bin + 1])
+        if len(nz) == 0:
+          return None
+        lo_bin = lo_bin + int(nz[0])
+      s = self._members(lo_bin, above=a, below=b)
+      if len(s):
+        return float(s.min())
+      if lo_bin == bb:
+        return None
+      if lo_bin != ba:  # a nonzero bin strictly inside (ba, bb) holds only values in (a, b)
+        raise AssertionError("kept genuine counts out of step with the members")
+    return None
 
 
 def _recomputed_on(top, genuine, q_order, fmrs, ratios, n):
   """FNMRs [len(fmrs), len(ratios)] from a top set, or None if it is too shallow."""
-  imp_cnt, gen_cnt = top.imp_cnt, top.gen_cnt
-  # Kept-pair counts per group, updated incrementally as the ratio grows; without every pair
-  # the lowest group is left out of the search (views, so the updates show through).
-  imp_use, gen_use = (imp_cnt, gen_cnt) if top.complete else (imp_cnt[:-1], gen_cnt[:-1])
   n_gen, n_imp = int(genuine.sum()), len(genuine) - int(genuine.sum())
   out = np.full((len(fmrs), len(ratios)), np.nan)
   done = 0
-  window = [1024]
   for j in np.argsort(ratios, kind="stable"):
     cut = int(ratios[j] * n)
     if cut > done:
-      code = top.code[q_order[done:cut]]
-      g_gone = (code & 1).astype(bool)
-      n_gone_gen = int(np.count_nonzero(g_gone))
+      pairs = q_order[done:cut]
+      code = top.code[pairs]
+      n_gone_gen = int(np.count_nonzero(code & 1))
       n_gen -= n_gone_gen
       n_imp -= len(code) - n_gone_gen
-      code = code[code >= 0]
-      np.subtract.at(imp_cnt, code[(code & 1) == 0] >> 1, 1)
-      np.subtract.at(gen_cnt, code[(code & 1) == 1] >> 1, 1)
+      in_set = code >= 0
+      top.drop(pairs[in_set], code[in_set])
       done = cut
     if n_imp == 0 or n_gen == 0:
       continue
-    picks = _operating_points(imp_use, gen_use, n_imp, fmrs, window, complete=top.complete)
-    if picks is None:
-      return None
-    for i, k in enumerate(picks):
-      out[i, j] = 1 - gen_use[:k].sum() / n_gen  # as the released script
+    kept_from = top.kept_from()
+    for i, f in enumerate(fmrs):
+      accepted = _accepted_genuine(top, kept_from, n_imp, f)
+      if accepted is None:
+        return None
+      out[i, j] = 1 - accepted / n_gen  # as the released script
   return out
 
 
-def _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=False, complete=True):
-  """For each FMR, the number k of top groups strictly above the released operating point
-  (so kept genuine accepted = genuine in the top k groups).
+def _accepted_genuine(top, kept_from, n_imp, f):
+  """Kept genuine pairs accepted at the released operating point for FMR f, or None where
+  the answer could depend on pairs below the top set.
 
-  Groups are scanned from the highest score down (the released scan from the largest
-  distance, reversed) over a top window holding enough kept impostors for the largest
-  target; where a candidate outside the window could tie with the best inside, the whole
-  range is used, so the result is always exact. `window` carries the size between calls.
-  With `complete` False the groups are only the top of all groups: returns None where the
-  answer could depend on groups below them.
+  The released ROC's candidates are the distinct kept scores; the FMR at a candidate is
+  the share of kept impostors scoring ≥ it, so its levels are the cumulative impostor counts
+  F over the impostor groups (descending), plus 0 where a genuine score lies above every
+  kept impostor. The released argmin of |FMR − f| takes the first minimum in ascending score:
+  of two equally near levels the larger, and within a level its lowest candidate — the
+  lowest kept score above the next impostor group. Genuine pairs strictly above that
+  candidate are accepted (distance strictly below the threshold).
   """
-  n_groups = len(imp_cnt)
-  if n_groups == 0:
-    return None
-  needs = [int(f * n_imp) + 2 for f in fmrs]
-  w = n_groups if full else min(n_groups, max(window[0], 1024))
-  while True:
-    imp_top = imp_cnt[:w]                            # groups in descending score
-    fm = np.cumsum(imp_top)                          # kept impostors with score >= value
-    if fm[-1] >= max(needs) or w == n_groups:
-      break
-    w = min(n_groups, 4 * w)
-  if not full:
-    window[0] = w
-  gen_top = gen_cnt[:w]
-  picks = []
-  for f, need in zip(fmrs, needs):
-    # Positions that can matter for f: up to the first reaching `need` impostors (beyond
-    # it the FMR only grows away from f) and the run of groups sharing its FMR (equal
-    # distance to f; the released argmin prefers the lowest of them).
-    first = min(int(np.searchsorted(fm, need)), w - 1)
-    p = int(np.searchsorted(fm, fm[first], side="right"))
-    if p == w and w < n_groups:  # the run may continue below the window
-      return _operating_points(imp_cnt, gen_cnt, n_imp, fmrs, window, full=True,
-                               complete=complete)
-    if not complete and (p == w or fm[first] < need):  # ... or below the groups given
+  usable = len(top.imp_cnt) if top.complete else len(top.imp_cnt) - 1
+  F = np.cumsum(top.imp_cnt[:usable])
+  fm = F / n_imp
+  i_hi = int(np.searchsorted(fm, f, side="right"))  # first level with FMR > f
+  if i_hi == usable:
+    if not top.complete:
       return None
-    # Above the last FMR plateau at or below f the FMR is smaller still: farther from f.
-    # (An integer key: a float one would make searchsorted copy fm to float64.)
-    below = int(np.searchsorted(fm, int(np.floor(f * n_imp)), side="right")) - 1
-    start = int(np.searchsorted(fm, fm[below], side="left")) if below >= 0 else 0
-    cand = start + np.flatnonzero(imp_top[start:p] + gen_top[start:p])  # present values
-    diff = np.abs(fm[cand] / n_imp - f)
-    # The released argmin takes the first minimum in ascending score: here the last one.
-    picks.append(int(cand[len(diff) - 1 - np.argmin(diff[::-1])]))
-  return picks
+    choice = None
+  else:
+    choice = i_hi
+  below = F[i_hi - 1] if i_hi > 0 else 0
+  if below > 0:
+    lo = int(np.searchsorted(F, below, side="left"))  # the group where that level starts
+  else:
+    first = int(np.searchsorted(F, 0, side="right"))  # the first kept impostor group
+    lo = -1 if first < usable and top.genuine_above(top.imp_val[first], kept_from) else None
+  if lo is not None:
+    d_lo = abs((int(F[lo]) if lo >= 0 else 0) / n_imp - f)
+    if choice is None or abs(int(F[choice]) / n_imp - f) > d_lo:
+      choice = lo
+  if choice is None:
+    return None
+  level = int(F[choice]) if choice >= 0 else 0
+  nxt = int(np.searchsorted(F, level, side="right"))  # the next kept impostor group below
+  if nxt == usable and not top.complete:
+    return None
+  upper = top.imp_val[choice] if choice >= 0 else np.inf
+  lower = top.imp_val[nxt] if nxt < usable else -np.inf
+  lowest = top.lowest_genuine_between(lower, upper)
+  return top.genuine_above(upper if lowest is None else lowest, kept_from)
 
 
 def fixed_threshold(similarity, genuine, fmr: float) -> float:
