@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from crfiqa_jax.data import synthetic
+from conftest import xla_flags
 
 ROOT = Path(__file__).parent.parent
 
@@ -38,7 +39,7 @@ def test_degradations_hurt_more_with_severity():
 
 
 def _main(args, tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
   return subprocess.run([sys.executable, "-m", "crfiqa_jax.main", *args], cwd=tmp_path,
                         env=env, capture_output=True, text=True, timeout=600)
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from crfiqa_jax import analyze, convert, experiment, inference, main, models, sharding, train
 from crfiqa_jax.data import synthetic
-from conftest import random_variables
+from conftest import random_variables, xla_flags
 from test_train import TINY
 
 
@@ -117,7 +117,7 @@ def _score_cmd(ckpt, faces, out, *extra):
 
 
 def _env():
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+  return dict(os.environ, XLA_FLAGS=xla_flags(2),
               JAX_PLATFORMS="cpu")
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import xla_flags
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -23,7 +25,7 @@ def installed(tmp_path_factory):
 
 def _run(target, args, cwd):
   env = dict(os.environ, PYTHONPATH=str(target), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS=xla_flags(2))
   return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
                         text=True, timeout=600)
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from crfiqa_jax import main as cli
 from crfiqa_jax import train
+from conftest import xla_flags
 from test_train import TINY
 
 HERE = Path(__file__).parent
@@ -26,7 +27,7 @@ def _free_port():
 
 def _run_pair(tiny_records, tmp_path, phase):
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4),
              JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
                  [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
   procs = [subprocess.Popen(

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from conftest import xla_flags
+
 ARGS = ["--config=demo", "--config.synthetic.identities=10", "--config.synthetic.per_identity=4",
         "--config.synthetic.eval_identities=5", "--config.synthetic.eval_per_identity=4",
         "--config.total_steps=3", "--config.batch_size=8", "--config.data_workers=0",
@@ -25,7 +27,7 @@ def _free_port():
 
 def _env(devices):
   return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+              XLA_FLAGS=xla_flags(devices))
 
 
 def test_demo_main_on_two_processes_from_an_empty_workdir(tmp_path):
