@@ -141,9 +141,9 @@ class _TopSet:
   are never sorted: they sit in K bins of equal score width (kept counts `gen_cnt`; members
   in bin order, `gen_pair` and `gen_score`; dropped pairs flagged in `gone`), enough to
   count kept genuine pairs above a score and to find the lowest kept genuine score between
-  two impostor scores. The lowest impostor group
-  may miss pairs of equal score outside the set, so when incomplete it is never used; every
-  genuine pair scoring above it is in the set (the score is non-decreasing in similarity)."""
+  two impostor scores. The lowest impostor group may miss pairs of equal score outside the
+  set, so when incomplete it is never used; every genuine pair scoring above it is in the
+  set (the score is non-decreasing in similarity)."""
 
   K = 1 << 16
 
