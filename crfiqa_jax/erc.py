@@ -157,7 +157,8 @@ class _TopSet:
       idx = np.flatnonzero(similarity >= cut)        # never empty: holds that impostor
     score = -(np.arccos(np.clip(similarity[idx], -1.0, 1.0)) / np.pi)
     is_gen = genuine[idx]
-    values, inverse = np.unique(score[~is_gen], return_inverse=True)
+    is_imp = ~is_gen
+    values, inverse = np.unique(score[is_imp], return_inverse=True)
     self.imp_val = values[::-1]                       # descending
     group = len(values) - 1 - inverse.reshape(-1)
     self.imp_cnt = np.bincount(group, minlength=len(values))
@@ -175,7 +176,7 @@ class _TopSet:
     itype = np.int32 if len(similarity) < 2**30 else np.int64
     self.code = genuine.view(np.int8).astype(itype)
     self.code -= 2
-    self.code[idx[~is_gen]] = 2 * group
+    self.code[idx[is_imp]] = 2 * group
     self.code[g_pair] = 2 * g_bin.astype(itype) + 1
 
   def _bins(self, s):
@@ -216,27 +217,20 @@ class _TopSet:
   def lowest_genuine_between(self, a, b):
     """The lowest kept genuine score in the open interval (a, b), or None."""
     ba, bb = self._bin(a), self._bin(b)
-    for lo_bin, hi_bin in ((ba, ba), (ba + 1, bb)):
-      if lo_bin > hi_bin:
-        continue
-      if lo_bin != hi_bin:  # the lowest bin above ba holding a kept genuine pair
-        nz = np.flatnonzero(self.gen_cnt[lo_bin:hi_bin + 1])
-        if len(nz) == 0:
-          return None
-        lo_bin = lo_bin + int(nz[0])
-      s = self._members(lo_bin, above=a, below=b)
-      if len(s):
-        return float(s.min())
-      if lo_bin == bb:
-        return None
-      if lo_bin != ba:  # a nonzero bin strictly inside (ba, bb) holds only values in (a, b)
-        raise AssertionError("kept genuine counts out of step with the members")
-    return None
+    s = self._members(ba, above=a, below=b)
+    if len(s) == 0 and bb > ba:
+      # The lowest bin above ba holding a kept genuine pair: all its members lie above a,
+      # and below b unless it is b's own bin.
+      nz = np.flatnonzero(self.gen_cnt[ba + 1:bb + 1])
+      if len(nz):
+        s = self._members(ba + 1 + int(nz[0]), above=a, below=b)
+    return float(s.min()) if len(s) else None
 
 
 def _recomputed_on(top, genuine, q_order, fmrs, ratios, n):
   """FNMRs [len(fmrs), len(ratios)] from a top set, or None if it is too shallow."""
-  n_gen, n_imp = int(genuine.sum()), len(genuine) - int(genuine.sum())
+  n_gen = int(genuine.sum())
+  n_imp = len(genuine) - n_gen
   out = np.full((len(fmrs), len(ratios)), np.nan)
   done = 0
   for j in np.argsort(ratios, kind="stable"):

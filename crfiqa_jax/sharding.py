@@ -45,7 +45,7 @@ def state_shardings(abstract_state, mesh: Mesh, shard_centres: bool):
   """NamedShardings for a TrainState pytree: centres [D, C] (and their optimiser slots) and
   IG-FIQA's class_ccs [C] split along the class axis when `shard_centres`, everything else
   replicated."""
-  replicated = NamedSharding(mesh, P())
+  repl = replicated(mesh)
   by_class = NamedSharding(mesh, P(None, DATA))
   by_class_1d = NamedSharding(mesh, P(DATA))
 
@@ -55,9 +55,14 @@ def state_shardings(abstract_state, mesh: Mesh, shard_centres: bool):
       return by_class
     if shard_centres and "class_ccs" in keys and getattr(leaf, "ndim", 0) == 1:
       return by_class_1d
-    return replicated
+    return repl
 
   return jax.tree_util.tree_map_with_path(choose, abstract_state)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """A copy on every device of the mesh."""
+  return NamedSharding(mesh, P())
 
 
 def class_sharding(mesh: Mesh) -> NamedSharding:

@@ -163,8 +163,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
       batch_stats = new_vars["batch_stats"]
     if logits_sharding is not None:
       # Partial-FC layout: gather the (small) embeddings, keep centres split by class.
-      emb = jax.lax.with_sharding_constraint(
-          emb, jax.sharding.NamedSharding(logits_sharding.mesh, jax.sharding.PartitionSpec()))
+      emb = jax.lax.with_sharding_constraint(emb, sharding.replicated(logits_sharding.mesh))
     return emb, quality, batch_stats
 
   if ig is None:
@@ -265,7 +264,7 @@ class Trainer:
     self.abstract_state = jax.eval_shape(self._init, rng)
     self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh,
                                                     config.shard_centres)
-    repl = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    repl = sharding.replicated(self.mesh)
     step = functools.partial(
         train_step, model=self.model, tx=self.tx, schedule=self.schedule,
         loss_kwargs=loss_kwargs_from_config(config), num_classes=num_classes,
