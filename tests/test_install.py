@@ -1,6 +1,7 @@
 """As a stranger would: a regular (non-editable) install used from another directory."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,48 @@ from conftest import xla_flags
 ROOT = Path(__file__).parent.parent
 
 
+def _setuptools_version() -> str | None:
+  import importlib.metadata
+  try:
+    return importlib.metadata.version("setuptools")
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def _build_requirement_unmet(have: str | None) -> str | None:
+  """Why setuptools `have` (None: not installed) cannot build the package, or None. The
+  install below is offline (--no-build-isolation), so it builds with this environment's
+  setuptools, which must meet pyproject.toml's [build-system] (the [test] extra asks for it;
+  `python -m venv` brings setuptools 65 on Python 3.11, none from 3.12)."""
+  text = (ROOT / "pyproject.toml").read_text()
+  block = re.search(r"^\[build-system\]\s*\nrequires\s*=\s*\[([^\]]*)\]", text, re.M)
+  need = re.search(r'"setuptools\s*>=\s*(\d+)[^"]*"', block.group(1)) if block else None
+  if need is None:
+    return "pyproject.toml's [build-system] names no setuptools>=N"
+  if have is None or int(have.split(".")[0]) < int(need.group(1)):
+    return (f"this environment has setuptools {have or '(none)'}, and building the package "
+            f"needs setuptools>={need.group(1)}: pip install -e \".[test]\"")
+  return None
+
+
+def test_the_setuptools_check():
+  assert _build_requirement_unmet("84.2.1") is None
+  assert _build_requirement_unmet("77.0.3") is None
+  for old in ("65.5.0", "76.1", None):
+    why = _build_requirement_unmet(old)
+    assert why and "setuptools>=77" in why and str(old or "(none)") in why, why
+  # ... and the [test] extra installs a setuptools that passes it.
+  test_extra = re.search(r"^test\s*=\s*\[([^\]]*)\]", (ROOT / "pyproject.toml").read_text(),
+                         re.M)
+  floor = re.search(r'"setuptools\s*>=\s*([\d.]+)"', test_extra.group(1))
+  assert floor and _build_requirement_unmet(floor.group(1)) is None, test_extra.group(1)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
+  unmet = _build_requirement_unmet(_setuptools_version())
+  if unmet:
+    pytest.fail(unmet, pytrace=False)
   target = tmp_path_factory.mktemp("site")
   r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                       "--no-build-isolation", "--target", str(target), str(ROOT)],
