@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-PAGES = [ROOT / "README.md", ROOT / "colab" / "README.md", *DOCS]
+PAGES = [ROOT / "README.md", *DOCS, *sorted((ROOT / "colab").glob("*.md")),
+         *sorted((ROOT / "tests").rglob("*.md"))]
 COMMANDS = [
     "pip install -e . && python -m crfiqa_jax.main --config=demo --workdir=/tmp/crfiqa_demo",
     'pip install -e ".[test]" && python -m pytest',
