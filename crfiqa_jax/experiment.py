@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from crfiqa_jax import evaluate, train
+from crfiqa_jax import evaluate, realfaces, train
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,10 @@ def preflight(config: ml_collections.ConfigDict, workdir: str | Path):
   """Everything that would otherwise fail after training, checked before the first step."""
   train.dataset_facts(config)
   if config.eval_data_dir:
-    evaluate.check_eval_data(config.eval_data_dir, "test")
+    if report_kind(config.eval_data_dir) == "pairs":
+      realfaces.read_pairs(config.eval_data_dir, "test")
+    else:
+      evaluate.check_eval_data(config.eval_data_dir, "test")
   if config.init_checkpoint:
     if not Path(config.init_checkpoint).exists():
       raise FileNotFoundError(f"init_checkpoint {config.init_checkpoint} does not exist: "
@@ -79,10 +82,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   state = train.train(config, workdir)
   if config.eval_data_dir:
     out = Path(workdir) / "eval"
-    m = evaluate.evaluate_checkpoint_state(state, config, out, started=started)
-    if m is not None:
-      print_summary(m, out)
+    if report_kind(config.eval_data_dir) == "pairs":
+      realfaces.evaluate_state(state, config, out, started=started)
+    else:
+      m = evaluate.evaluate_checkpoint_state(state, config, out, started=started)
+      if m is not None:
+        print_summary(m, out)
   return state
+
+
+def report_kind(eval_data_dir) -> str:
+  """"pairs" for a verification split with stored pairs (`prepare celeba`, `prepare bin`:
+  the real-face report, crfiqa_jax.realfaces), "synthetic" for the demo's held-out faces
+  with known degradation severities."""
+  from crfiqa_jax.data.records import read_info
+  if not Path(eval_data_dir).exists():
+    raise FileNotFoundError(f"--config.eval_data_dir={eval_data_dir} does not exist")
+  info = read_info(eval_data_dir)
+  if "test" not in info["splits"]:
+    raise ValueError(f"--config.eval_data_dir={eval_data_dir} has no 'test' split (it has "
+                     f"{sorted(info['splits'])}): give it a `prepare celeba`, `prepare bin` or "
+                     "`prepare synthetic` output, or --config.eval_data_dir= to skip the report")
+  return "pairs" if isinstance(info.get("test_pairs"), list) else "synthetic"
 
 
 def print_summary(m: dict, out_dir: Path):
