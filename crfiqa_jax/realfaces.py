@@ -100,7 +100,7 @@ def model_outputs(predictor, data_dir, split: str = "test", *, batch_size: int =
 
 def compare_qualities(spec: str, data_dir, split: str = "test") -> dict[str, np.ndarray]:
   """"NAME=PATH,..." → {NAME: quality [N]} of each model (any path `score` accepts)."""
-  from crfiqa_jax import inference
+  from crfiqa_jax import checkpoints
   out = {}
   for item in filter(None, (s.strip() for s in spec.split(","))):
     name, sep, path = item.partition("=")
@@ -108,7 +108,7 @@ def compare_qualities(spec: str, data_dir, split: str = "test") -> dict[str, np.
       raise ValueError(f"--config.compare_quality: expected NAME=PATH, got {item!r}")
     if not Path(path).exists():
       raise FileNotFoundError(f"--config.compare_quality: {path} does not exist")
-    predictor = inference.load_predictor(path)
+    predictor = checkpoints.load_predictor(path)
     _, out[name] = model_outputs(predictor, data_dir, split, features="none", desc=name)
   return out
 
