@@ -57,11 +57,10 @@ def schedule_overrides(epochs: int) -> list[str]:
   return [f"--config.num_epochs={epochs}", f"--config.lr_decay_epochs={decays}"]
 
 
-def _command(name: str, seed: int, out: Path, extra: list[str]) -> list[str]:
-  data = out / "data"
-  return [sys.executable, "-m", "crfiqa_jax.main", "--config=demo",
-          f"--workdir={out / f'{name}_s{seed}'}", f"--config.seed={seed}",
-          f"--config.data_dir={data}", f"--config.eval_data_dir={data}", *extra]
+def _command(name: str, seed: int, out: Path, extra: list[str], config: str = "demo"
+             ) -> list[str]:
+  return [sys.executable, "-m", "crfiqa_jax.main", f"--config={config}",
+          f"--workdir={out / f'{name}_s{seed}'}", f"--config.seed={seed}", *extra]
 
 
 def _metrics(out: Path, name: str, seed: int) -> dict | None:
@@ -75,9 +74,9 @@ def run(name: str, seed: int, out: Path, extra: list[str], log) -> dict | None:
 
 
 def run_many(jobs, out: Path, log, *, parallel: int = 1, deadline: float | None = None,
-             stop: float | None = None):
-  """Runs jobs (name, seed, extra, after) with up to `parallel` at once; `after` is the
-  (name, seed) of a job that must succeed first, or None. Jobs not started by `deadline`
+             stop: float | None = None, config: str = "demo"):
+  """Runs jobs (name, seed, extra, after) of `--config=config` with up to `parallel` at
+  once; `after` is the (name, seed) of a job that must succeed first, or None. Jobs not started by `deadline`
   (time.time()) are skipped; jobs still running at `stop` are killed. Returns
   {(name, seed): metrics or None}."""
   env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -123,7 +122,7 @@ def run_many(jobs, out: Path, log, *, parallel: int = 1, deadline: float | None 
       if len(running) >= parallel:
         pending.insert(0, job)
         break
-      cmd = _command(name, seed, out, extra)
+      cmd = _command(name, seed, out, extra, config)
       log(f"$ {' '.join(cmd[1:])}")
       f = open(out / f"{name}_s{seed}.log", "w")
       proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)

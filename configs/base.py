@@ -12,8 +12,11 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Data. ---
   c.data_dir = ""            # dataset written by `python -m crfiqa_jax.prepare` (train split)
   c.eval_data_dir = ""       # optional pair set evaluated after training (ERC report)
+  c.compare_quality = ""     # real-face report: other models' qualities, "NAME=PATH,..."
   c.image_size = 112         # aligned face crops, pixels per side
   c.flip = 0.5               # horizontal-flip probability (the paper's only augmentation)
+  c.augment_batch = False    # degrade the training batch itself with ig_augment's draws
+                             # (configs/celeba.py: real photos; the paper flips only)
   c.data_workers = 2         # grain worker processes per host (0 = in-process)
   c.synthetic = ml_collections.ConfigDict()  # demo only: generator settings (configs/demo.py)
   c.paper_num_classes = 0    # expected identities/images (warn when the data differ; 0 = off)

@@ -20,17 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
+from crfiqa_jax import checkpoints
+
 log = logging.getLogger(__name__)
 
 
 def load_workdir(path: str | Path):
   """(model, inference variables, centres [D, C_padded], config dict) of a training workdir."""
-  from crfiqa_jax import convert
-  path = Path(path).absolute()
-  if not (path / "config.json").exists():
-    raise FileNotFoundError(f"{path} is not a training workdir (no config.json): the class "
-                            "centres needed here exist only in training checkpoints")
-  model, variables, info = convert.load_model(path)
+  if checkpoints.model_kind(path) != "workdir":
+    raise FileNotFoundError(f"--checkpoint {path} is not a training workdir (no "
+                            f"{checkpoints.CONFIG_FILE}): the class centres needed here exist "
+                            "only in training checkpoints")
+  model, variables, info = checkpoints.load_model(path)
   return model, variables, info["centres"], info["config"]
 
 
@@ -107,11 +108,11 @@ def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 25
             split: str = "train") -> dict:
   """Streams `data` through the model once; keeps per-image CCS/NNCCS/CR and only the
   embeddings of images in the sampled pairs (memory independent of the set's size)."""
-  from crfiqa_jax import evaluate, inference, reports
-  from crfiqa_jax.data.records import read_info
+  from crfiqa_jax import inference, reports
+  from crfiqa_jax.data.records import RecordSource, read_info
   model, variables, centres, cfg = load_workdir(workdir)
   num_classes = int(read_info(data).get("num_classes", 0))
-  labels, _ = evaluate.split_labels_and_meta(data, split)
+  labels = RecordSource(data, split).labels_and_metadata()[0]
   if labels.max() >= num_classes or num_classes > centres.shape[1]:
     raise ValueError(f"{data} has {num_classes} classes; the checkpoint has "
                      f"{centres.shape[1]} centres: not the training set of this model")

@@ -42,10 +42,22 @@ class DrawFlip(grain.transforms.RandomMap):
     return dict(rec, flip=bool(rng.random() < self.p))
 
 
+def fit_image(img: np.ndarray, size: int) -> np.ndarray:
+  """An aligned square crop larger than size × size → size × size (antialiased bilinear,
+  as inference resizes): train at a lower resolution from 112-pixel records. Any other
+  shape is an error."""
+  h, w = img.shape[:2]
+  if h != w or h < size or img.shape[2:] != (3,):
+    raise ValueError(f"record image has shape {img.shape}, expected ({size}, {size}, 3) or a "
+                     "larger square crop; re-run prepare with aligned faces of that size")
+  from PIL import Image
+  return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeBatch(grain.transforms.Map):
   """A list of raw records → {"image": uint8 [B,H,W,3], "label": int32 [B]}, flipped where
-  drawn; checks the image size."""
+  drawn; larger square crops are resized to image_size (fit_image)."""
 
   image_size: int
 
@@ -55,9 +67,7 @@ class DecodeBatch(grain.transforms.Map):
     for i, rec in enumerate(recs):
       img = decode_image(rec["image"])
       if img.shape != (self.image_size, self.image_size, 3):
-        raise ValueError(f"record image has shape {img.shape}, expected "
-                         f"({self.image_size}, {self.image_size}, 3); re-run prepare with "
-                         "aligned faces of that size")
+        img = fit_image(img, self.image_size)
       images[i] = img[:, ::-1] if rec.get("flip") else img
       labels[i] = rec["label"]
     return {"image": images, "label": labels}

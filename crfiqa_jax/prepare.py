@@ -4,6 +4,7 @@
   python -m crfiqa_jax.prepare folder SRC_DIR OUT_DIR        # SRC_DIR/<identity>/<images>
   python -m crfiqa_jax.prepare folder PHOTOS OUT_DIR --detect  # raw photos: align faces first
   python -m crfiqa_jax.prepare bin FILE.bin OUT_DIR          # lfw.bin, agedb_30.bin, ...
+  python -m crfiqa_jax.prepare celeba ROOT OUT_DIR           # CelebA: train + held-out pairs
   python -m crfiqa_jax.prepare synthetic OUT_DIR [--identities N --per-identity K --seed S]
 
 The result opens with `crfiqa_jax.data.open_dataset(OUT_DIR)` (training split) or
@@ -19,7 +20,7 @@ import sys
 import time
 
 from crfiqa_jax import cli
-from crfiqa_jax.data import converters, records, synthetic
+from crfiqa_jax.data import celeba, converters, records, synthetic
 
 
 def _parser():
@@ -41,6 +42,24 @@ def _parser():
                      help="raw photos: detect, choose and align each face first ([detect] extra)")
       s.add_argument("--face", choices=("center", "largest"), default="center",
                      help="which face of a photo with several (see crfiqa_jax.faces)")
+  s = sub.add_parser("celeba", help="CelebA layout: identity_CelebA.txt + images",
+                     description=celeba.__doc__.split("\n\n")[0])
+  s.add_argument("src", help="CelebA root: identity_CelebA.txt and the images (or their folder)")
+  s.add_argument("out", help="output folder")
+  s.add_argument("--holdout-identities", type=int, default=40,
+                 help="whole identities held out as the verification split")
+  s.add_argument("--min-images", type=int, default=5,
+                 help="identities with fewer usable faces are left out")
+  s.add_argument("--impostor-pairs", type=int, default=200_000,
+                 help="impostor pairs sampled among the held-out faces (every genuine pair "
+                      "is kept)")
+  s.add_argument("--seed", type=int, default=0, help="which identities are held out")
+  s.add_argument("--image-size", type=int, default=112)
+  s.add_argument("--face", choices=("center", "largest"), default="center",
+                 help="which face of a photo with several (without a landmark file)")
+  s.add_argument("--no-landmarks", action="store_true",
+                 help="ignore CelebA's landmark file: detect every face")
+  s.add_argument("--shards", type=int, default=0, help="ArrayRecord files (0 = by size)")
   # The defaults are the demo's (configs/demo.py), so `prepare synthetic` makes its data.
   from crfiqa_jax.configs import demo
   d = demo.get_config()
@@ -69,9 +88,13 @@ def run(args) -> str:
   stats = converters.Stats()
   size = args.image_size or None
   make = {"insightface": converters.insightface_splits, "folder": converters.folder_splits,
-          "bin": converters.bin_splits}[args.kind]
+          "bin": converters.bin_splits, "celeba": celeba.celeba_splits}[args.kind]
   extra = ({"detect": True, "face_rule": getattr(args, "face", "center")}
            if getattr(args, "detect", False) else {})
+  if args.kind == "celeba":
+    extra = {"holdout_identities": args.holdout_identities, "min_images": args.min_images,
+             "impostor_pairs": args.impostor_pairs, "seed": args.seed,
+             "face_rule": args.face, "landmarks": not args.no_landmarks}
   splits, num_classes, meta = make(args.src, image_size=size, stats=stats, **extra)
 
   # Counts are only final after the generators ran; store them by filling the same dict.
@@ -91,8 +114,13 @@ def run(args) -> str:
                                description=f"converted from {args.kind} {args.src}")
   dt = time.perf_counter() - t0
   rate = stats.counts["written"] / dt if dt > 0 else 0.0
-  return (stats.report(f"{args.kind} {args.src}") +
-          f"\n→ {path} ({num_classes} classes) in {dt:.1f} s, {rate:.0f} images/s")
+  report = (stats.report(f"{args.kind} {args.src}") +
+            f"\n→ {path} ({num_classes} classes) in {dt:.1f} s, {rate:.0f} images/s")
+  if args.kind == "celeba":
+    report += (f"\n  train: {num_classes} identities; held out: "
+               f"{len(meta['held_out_identities'])} identities, {meta['num_pairs']:,} pairs "
+               f"({meta['num_genuine']:,} genuine); faces aligned by {meta['aligned_by']}")
+  return report
 
 
 def main(argv=None):

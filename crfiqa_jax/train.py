@@ -21,6 +21,7 @@ import optax
 
 from crfiqa_jax import (augment, checkpointing, input_pipeline, losses, models, optim, sharding,
                         warmstart)
+from crfiqa_jax.checkpoints import CHECKPOINTS_DIR, CONFIG_FILE
 from crfiqa_jax.data.records import read_info
 
 log = logging.getLogger(__name__)
@@ -118,10 +119,13 @@ def _quality_head(backbone_params, emb: jax.Array) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwargs: dict,
                num_classes: int, logits_sharding=None, ig: IGSettings | None = None,
-               frozen_backbone: bool = False, margin_ramp_steps: int = 0):
+               frozen_backbone: bool = False, margin_ramp_steps: int = 0,
+               batch_augment: augment.AugmentParams | None = None):
   """One SGD step on a global batch {"image": uint8 [B,H,W,3], "label": int32 [B]}.
 
   CR-FIQA (ig None): one forward of the batch; L = L_Arc + λ·L_CR (losses.crfiqa_loss).
+  With batch_augment, the batch is first degraded per image (augment.augment: rescale,
+  erase, jitter, grey, each drawn with its probability), for both methods.
 
   IG-FIQA (ig given): the clean batch and an augmented copy (augment.augment) go through
   the same backbone in training mode; losses.igfiqa_loss takes the ArcFace term from the
@@ -145,7 +149,10 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
   """
   TRACE_COUNT["train_step"] += 1
   rng = jax.random.fold_in(state.rng, state.step)
-  images = input_pipeline.normalize(batch["image"])
+  raw = batch["image"]
+  if batch_augment is not None:  # the batch itself degraded (config.augment_batch)
+    raw = augment.augment(raw, jax.random.fold_in(rng, 2), batch_augment)
+  images = input_pipeline.normalize(raw)
   if margin_ramp_steps:  # demo only: ArcFace margin m·min(1, step/ramp), see configs/demo.py
     ramp = jnp.minimum(1.0, state.step.astype(jnp.float32) / margin_ramp_steps)
     loss_kwargs = {**loss_kwargs, "margin": loss_kwargs["margin"] * ramp}
@@ -175,7 +182,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
       return out.loss, (out, batch_stats, {})
   else:
     k_aug, k_drop_aug = jax.random.split(jax.random.fold_in(rng, 1))
-    aug_images = input_pipeline.normalize(augment.augment(batch["image"], k_aug, ig.augment))
+    aug_images = input_pipeline.normalize(augment.augment(raw, k_aug, ig.augment))
     epoch = (state.step // ig.steps_per_epoch).astype(jnp.float32)
     alpha = 0.9 + 0.1 * epoch / ig.num_epochs
 
@@ -271,7 +278,8 @@ class Trainer:
         logits_sharding=(sharding.class_sharding(self.mesh) if config.shard_centres
                          else None), ig=ig,
         frozen_backbone=config.trainable == "qs",
-        margin_ramp_steps=int(round(config.get("margin_ramp_epochs", 0) * self.steps_per_epoch)))
+        margin_ramp_steps=int(round(config.get("margin_ramp_epochs", 0) * self.steps_per_epoch)),
+        batch_augment=augment_params(config) if config.get("augment_batch") else None)
     batch_sh = sharding.batch_sharding(self.mesh)
     self.step_fn = jax.jit(step, in_shardings=(self.state_shardings, batch_sh),
                            out_shardings=(self.state_shardings, repl), donate_argnums=0)
@@ -325,8 +333,8 @@ def check_resume_config(config, workdir) -> None:
   """On resume, the workdir's config must describe the same model and data (one line,
   naming the key to change); a fresh workdir passes."""
   workdir = Path(workdir)
-  saved = workdir / "config.json"
-  if not saved.exists() or not (workdir / "checkpoints").exists():
+  saved = workdir / CONFIG_FILE
+  if not saved.exists() or not (workdir / CHECKPOINTS_DIR).exists():
     return
   old = json.loads(saved.read_text())
   now = {k: config[k] for k in RESUME_KEYS if k in config}
@@ -356,7 +364,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> Trai
   num_classes, num_examples = dataset_facts(config)
   if is_main:  # lets score/evaluate/analyze rebuild the model from a workdir alone
     saved = json.loads(config.to_json_best_effort())
-    (workdir / "config.json").write_text(json.dumps({**saved, "num_classes": num_classes},
+    (workdir / CONFIG_FILE).write_text(json.dumps({**saved, "num_classes": num_classes},
                                                     indent=1))
   trainer = Trainer(config, num_classes=num_classes, num_examples=num_examples, mesh=mesh)
   if is_main:

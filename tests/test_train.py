@@ -220,3 +220,22 @@ def test_on_top_without_centres_uses_class_means(tiny_records, tmp_path):
   _, x = _eval_cr(variables, images, labels, np.ones((32, 10)))
   want = np.stack([x[labels == c].mean(0) for c in range(10)], axis=1)
   np.testing.assert_allclose(state.params["centres"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_augment_batch_degrades_the_training_batch_itself():
+  """augment_batch with grey always and nothing else: the step equals a plain step on the
+  batch greyed by hand (Y = 0.299 R + 0.587 G + 0.114 B); off, the batch is untouched."""
+  grey_only = {"augment_batch": "true", "ig_augment.p_gray": "1.0",
+               "ig_augment.p_rescale": "0.0", "ig_augment.p_erase": "0.0",
+               "ig_augment.p_jitter": "0.0"}
+  batch = _batch(3)
+  y = batch["image"].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+  by_hand = dict(batch, image=np.repeat(y[..., None], 3, -1).astype(np.float32))
+  results = []
+  for cfg, b in ((grey_only, batch), ({}, by_hand), ({}, batch)):
+    trainer = train.Trainer(_config(**cfg), num_classes=10, num_examples=160)
+    _, m = trainer.step_fn(trainer.init(), sharding.global_batch(b, trainer.mesh))
+    results.append(train.as_numpy(m))
+  for k in ("loss", "cr", "grad_norm"):
+    np.testing.assert_allclose(results[0][k], results[1][k], rtol=1e-4, err_msg=k)
+  assert abs(results[0]["loss"] - results[2]["loss"]) > 1e-4

@@ -1,0 +1,43 @@
+"""CR-FIQA on real photos on a CPU: CelebA identities, from scratch, judged on unseen people.
+
+  python -m crfiqa_jax.prepare celeba CELEBA_ROOT data/celeba
+  python -m crfiqa_jax.main --config=celeba --workdir=runs/celeba \
+      --config.data_dir=data/celeba --config.eval_data_dir=data/celeba
+
+`prepare celeba` aligns every face (CelebA's landmarks, or MTCNN), holds out whole
+identities as verification pairs and writes the rest as the training split; the main job
+trains on the training split and then writes the real-face report (crfiqa_jax.realfaces):
+ERC tables of the learned quality against random, face size, detector confidence,
+sharpness and any `--config.compare_quality=NAME=PATH` model, under the model's own
+embeddings and, with the [dlib] extra, dlib's. benchmarks/real_faces.py runs it over seeds
+and variants; docs/real-faces.md has the figures, the variants tried and why these values.
+
+Sized for a public CelebA sample (~6,000 photos of ~280 identities) on a 2-core CPU: the
+demo's tiny iResNet and its recipe (ArcFace s = 32 with insightface's θ+m>π guard, no
+dropout, peak lr 0.05 at batch 64), since the released s = 64 and dropout 0.4 need far more
+identities than this.
+"""
+
+import ml_collections
+
+from crfiqa_jax.configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.model = "iresnet_tiny"
+  c.embedding_dim = 128
+  c.image_size = 112
+  c.synthetic = ml_collections.ConfigDict()
+  c.margin_fallback = True
+  c.scale = 32.0
+  c.dropout = 0.0
+  c.batch_size = 64
+  c.lr = 0.4                 # peak 0.05 at batch 64
+  c.num_epochs = 12
+  c.lr_decay_epochs = (7, 11)
+  c.data_workers = 1
+  c.log_every = 100
+  c.checkpoint_every = 500
+  c.eval_batch_size = 128
+  return c
