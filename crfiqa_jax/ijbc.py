@@ -6,7 +6,7 @@ Layout (as distributed with the insightface IJB evaluation):
   ROOT/meta/ijbc_name_5pts_score.txt       "image x1 y1 … x5 y5 score" (loose-crop landmarks)
   ROOT/loose_crop/<image>                  the loose crops
 
-Template feature (REFERENCE §6, the released eval_ijbc_qs.py): image feature = raw
+Template feature (the released CR-FIQA feature_extraction/eval_ijbc_qs.py): image feature = raw
 emb(img) + raw emb(flip) (summed un-normalised, so the embedding norms weigh in, as the
 released use_norm_score); qualities min-max normalised over all images are the weights;
 weighted features are averaged within each media, summed over the media of a template and

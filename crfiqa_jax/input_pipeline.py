@@ -5,7 +5,7 @@ element → blocks of the per-process batch → this process's blocks
 (process_index::process_count) → decode (simplejpeg) and flip → worker processes.
 
 Images leave the pipeline as uint8 [B, H, W, 3]; the (x - 127.5)/127.5 normalisation runs
-inside the jitted step (`normalize`), where XLA fuses it into the first convolution and the
+inside the jitted step (crfiqa_jax.models.normalize), where XLA fuses it into the first convolution and the
 host→device copy is 4× smaller than float32. The iterator is a grain DatasetIterator whose
 state (get_state/set_state) is checkpointed with the model, so a resumed run sees exactly
 the batches an uninterrupted one would.
@@ -18,17 +18,11 @@ import logging
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from crfiqa_jax.data.records import RecordSource, decode_image
 
 log = logging.getLogger(__name__)
-
-
-def normalize(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] → float32 [-1, 1], as the released code's (x - 127.5) / 127.5."""
-  return (images.astype(jnp.float32) - 127.5) / 127.5
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crfiqa_jax import calibration, checkpoints, cli, inference
+from crfiqa_jax import calibration, checkpoints, cli, faces, inference
 from crfiqa_jax.data.converters import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,18 @@ class Scorer:
   def from_checkpoint(cls, path, arch: str | None = None, *, batch_size: int = 64) -> "Scorer":
     """For any model path crfiqa_jax.checkpoints knows."""
     return cls(checkpoints.load_predictor(path, arch), batch_size=batch_size)
+
+
+def _face_source(rows: faces.FaceRows) -> inference.ImageSource:
+  """Photos' face rows as an image source: a NoFace becomes SkipImage (an empty quality and
+  the reason on stderr)."""
+  def load(i):
+    try:
+      return rows.load(i)
+    except faces.NoFace as e:
+      raise inference.SkipImage(str(e)) from None
+
+  return inference.ImageSource(load, len(rows), rows.names.__getitem__)
 
 
 def list_inputs(spec: str | Path) -> list[str]:
@@ -158,12 +170,11 @@ def run(args) -> int:
   cal = calibration.load(args.checkpoint) if args.calibrated else None
   predictor = checkpoints.load_predictor(args.checkpoint, args.arch)
   if args.detect:  # raw photos: one row per photo (or per face), aligned on the fly
-    from crfiqa_jax import faces
     rows = faces.FaceRows(paths, rule=args.face, all_faces=args.all_faces,
                           size=predictor.image_size, save_dir=args.save_aligned,
                           root=Path(args.input) if Path(args.input).is_dir() else
                           Path(args.input).parent)
-    paths, source = rows.names, faces.image_source(rows)
+    paths, source = rows.names, _face_source(rows)
   elif args.save_aligned or args.all_faces:
     raise ValueError("--save-aligned and --all-faces need --detect (raw photos)")
   else:
