@@ -65,6 +65,24 @@ def parser(prog: str, doc: str, example: str) -> ArgumentParser:
       formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def add_process_flags(p: argparse.ArgumentParser):
+  """The flags of a run on several processes (jax.distributed): see `init_processes`."""
+  p.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() (TPU pods, SLURM, or with --coordinator)")
+  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
+  p.add_argument("--num_processes", type=int, default=None, help="number of processes")
+  p.add_argument("--process_id", type=int, default=None, help="this process's index")
+
+
+def init_processes(args):
+  """jax.distributed.initialize() when the flags of `add_process_flags` ask for it; before
+  any jax computation."""
+  if args.distributed or args.coordinator:
+    import jax
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
+
+
 def quiet_logging(level: int = logging.INFO):
   """Our loggers at `level`; absl, orbax, grain, tfds and jax only from WARNING."""
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from crfiqa_jax import cli
+from crfiqa_jax.inference import SkipImage
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,6 @@ def features(crops: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
 def source_features(source, *, batch_size: int = 32) -> np.ndarray:
   """Descriptors [N, 128] of an inference.ImageSource; NaN rows where an image could not
   be loaded (logged; evaluate leaves those pairs out)."""
-  from crfiqa_jax.inference import SkipImage
   out = np.full((len(source), 128), np.nan)
   for start in range(0, len(source), batch_size):
     loaded = {}

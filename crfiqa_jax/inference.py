@@ -37,6 +37,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from crfiqa_jax import models, sharding
+from crfiqa_jax.data.records import RecordSource, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,6 @@ def _fit(img: np.ndarray, size: int | None, strict: bool, name: str) -> np.ndarr
 def files_source(paths: Sequence[str], *, image_size: int | None = None,
                  strict: bool = False) -> ImageSource:
   """Image files; wrong-sized images are resized with a warning (or refused if strict)."""
-  from crfiqa_jax.data.records import decode_image
 
   def load(i):
     try:
@@ -90,7 +90,6 @@ def files_source(paths: Sequence[str], *, image_size: int | None = None,
 def records_source(data_dir, split: str = "test", *, image_size: int | None = None
                    ) -> ImageSource:
   """The images of a prepared ArrayRecord split (`python -m crfiqa_jax.prepare`)."""
-  from crfiqa_jax.data.records import RecordSource, decode_image
   src = RecordSource(data_dir, split)
 
   def load(i):

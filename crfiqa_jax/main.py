@@ -21,7 +21,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import jax
 import ml_collections
 
 from crfiqa_jax import cli, experiment
@@ -128,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--config", required=True,
                  help="named config (demo, small, large, ...) or a .py path")
   p.add_argument("--workdir", required=True, help="checkpoints, metrics and reports go here")
-  p.add_argument("--distributed", action="store_true",
-                 help="call jax.distributed.initialize() (TPU pods, SLURM, or with --coordinator)")
-  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
-  p.add_argument("--num_processes", type=int, default=None, help="number of processes")
-  p.add_argument("--process_id", type=int, default=None, help="this process's index")
+  cli.add_process_flags(p)
   try:
     rest, overrides = split_argv(argv)
   except ConfigError as e:
@@ -142,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
   def body():
     config = load_config(args.config, overrides)
-    if args.distributed or args.coordinator:
-      jax.distributed.initialize(coordinator_address=args.coordinator,
-                                 num_processes=args.num_processes, process_id=args.process_id)
+    cli.init_processes(args)
     experiment.train_and_evaluate(config, args.workdir)
 
   return cli.run(body)

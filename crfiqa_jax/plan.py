@@ -26,7 +26,7 @@ import re
 import sys
 import time
 
-from crfiqa_jax import cli, main as config_cli
+from crfiqa_jax import cli, main as config_cli, sharding, train
 
 GiB = 1 << 30
 
@@ -74,8 +74,6 @@ def plan(config, devices, *, num_classes: int, num_examples: int, hours: float =
   (sizes in bytes, FLOPs per global step, times in seconds/hours)."""
   import jax
   import jax.numpy as jnp
-
-  from crfiqa_jax import sharding, train
 
   kind = devices[0].device_kind
   if kind not in CHIPS:

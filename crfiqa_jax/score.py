@@ -228,16 +228,10 @@ def main(argv=None) -> int:
                  help="add a 0-100 column (the model's calibration.json; crfiqa_jax.calibration)")
   p.add_argument("--resume", action="store_true",
                  help="continue an interrupted run into the same --output")
-  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
-  p.add_argument("--num_processes", type=int, default=None)
-  p.add_argument("--process_id", type=int, default=None)
-  p.add_argument("--distributed", action="store_true", help="jax.distributed on a TPU pod")
+  cli.add_process_flags(p)
   args = p.parse_args(argv)
   cli.quiet_logging()
-  if args.distributed or args.coordinator:
-    import jax
-    jax.distributed.initialize(coordinator_address=args.coordinator,
-                               num_processes=args.num_processes, process_id=args.process_id)
+  cli.init_processes(args)
   return cli.run(lambda: run(args))
 
 
