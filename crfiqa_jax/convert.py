@@ -3,10 +3,14 @@
     python -m crfiqa_jax.convert --torch=181952backbone.pth --arch=iresnet100 --out=DIR
 
 `from_torch(path_or_state_dict, arch)` maps every tensor of an insightface/CR-FIQA iResNet
-state_dict onto `models.IResNet*` variables: conv OIHW → HWIO, Linear (out, in) → (in, out),
-the FC weight permuted from PyTorch's (C, H, W) flatten order to our (H, W, C), BatchNorm
-weight/bias/running stats → scale/bias/mean/var, PReLU slopes, the `qs` quality head. It is
-strict: every tensor is used exactly once and every shape checked.
+state_dict onto `models.IResNet*` variables by walking the model's layer plan
+(models.layer_plan names each layer's PyTorch module): conv OIHW → HWIO, Linear (out, in) →
+(in, out), the FC weight permuted from PyTorch's (C, H, W) flatten order to our (H, W, C)
+(models.fc_kernel_order), BatchNorm weight/bias/running stats → scale/bias/mean/var, PReLU
+slopes, the `qs` quality head. It is strict: every tensor is used exactly once and every
+shape checked. `load_torch` adds the architecture's detection; crfiqa_jax.checkpoints loads
+every other kind of model path. The CLI writes an exported model directory
+(`save_inference`).
 
 `.pth` files are read with `torch.load(weights_only=True)` when torch is installed, else by
 `read_pth`, a reader of PyTorch's zip format whose unpickler rebuilds tensors from the

@@ -25,8 +25,8 @@ from crfiqa_jax.data import converters, records, synthetic
 
 def _parser():
   p = cli.ArgumentParser(prog="python -m crfiqa_jax.prepare", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=__doc__.split("\n\n", 1)[1])
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=__doc__.split("\n\n", 1)[1])
   sub = p.add_subparsers(dest="kind", required=True)
   for kind, src_help in (("insightface", "folder with train.rec, train.idx, property"),
                          ("folder", "folder with one subfolder of images per identity"),
