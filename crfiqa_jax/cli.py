@@ -16,6 +16,7 @@ import pickle
 import sys
 from typing import Callable, NoReturn
 
+
 class MissingExtra(ImportError, ValueError):
   """An optional extra is not installed; the message names the pip command. A ValueError
   too, so `run` reports it as one `error: ...` line."""

@@ -25,6 +25,7 @@ from crfiqa_jax.reports import FMRS
 
 log = logging.getLogger(__name__)
 
+
 def _spec(s: str) -> tuple[str, str]:
   """NAME=PATH → (NAME, PATH); a bare PATH is named after its stem."""
   name, sep, src = s.partition("=")

@@ -45,7 +45,7 @@ class Scorer:
   """Quality (and FR features) of in-memory images with one model, for notebooks and tests.
 
   `scorer(images uint8 [N, H, W, 3])` → quality [N]; `scorer.embed(images)` → (features
-  [N, 2D] as the released evaluation, quality [N]). Files go through crfiqa_jax.inference's `extract`.
+  [N, 2D] as the released evaluation, quality [N]). Files go through inference.extract.
   """
 
   def __init__(self, predictor, *, batch_size: int = 64):
