@@ -40,12 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation  # noqa: E402  (benchmarks/ablation.py: the run scheduler)
 
 SIMPLE = ["--config.image_size=112", "--config.num_epochs=12",
-          "--config.lr_decay_epochs=(7, 11)"]
+          "--config.lr_decay_epochs=(7, 11)", "--config.augment_batch=false"]
 VARIANTS = {
     "celeba": [],
     "simple": SIMPLE,
     "igfiqa": ["--config.method=igfiqa"],
-    "aug": SIMPLE + ["--config.augment_batch=true"],
     "px64": ["--config.image_size=64", "--config.num_epochs=24",
              "--config.lr_decay_epochs=(14, 21)"],
     "px48": ["--config.image_size=48", "--config.num_epochs=30",

@@ -1,6 +1,5 @@
 """Scoring speed: images/s of quality inference with iResNet50 at 112×112 on this machine,
-JAX (`inference.FlaxPredictor` through `score.Scorer`, with and without the BatchNorms
-folded into the convolutions) vs the same architecture in PyTorch (tests/torch_iresnet.py,
+JAX (`inference.FlaxPredictor` through `score.Scorer`) vs the same architecture in PyTorch (tests/torch_iresnet.py,
 eval mode, torch.inference_mode, same thread count), for each batch size given.
 
     python benchmarks/score.py [--arch iresnet50] [--batch 16 32 64] [--batches 5] [--rounds 2]
@@ -51,11 +50,9 @@ def main():
   for batch in args.batch:
     imgs = np.random.default_rng(0).integers(0, 255, (batch, 112, 112, 3), dtype=np.uint8)
     runs = {}
-    for fold in (False, True):
-      scorer = score.Scorer(inference.FlaxPredictor(model, variables, fold_bn=fold),
-                            batch_size=batch)
-      scorer(imgs)  # compile
-      runs[f"JAX {'BN folded' if fold else 'BN kept  '}"] = lambda s=scorer: s(imgs)
+    scorer = score.Scorer(inference.FlaxPredictor(model, variables), batch_size=batch)
+    scorer(imgs)  # compile
+    runs["JAX             "] = lambda: scorer(imgs)
     if torch is not None:
       x = torch.from_numpy((imgs.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5)
 
