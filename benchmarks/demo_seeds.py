@@ -12,7 +12,7 @@ Every variant is the demo config plus its KEY=VALUE overrides (`--variant defaul
 none); runs of one variant share OUT/VARIANT/data. It prints one line per run and, per
 variant, how many runs pass all three, and writes OUT/summary.json (the variant that
 passes most runs first, ties broken by the worst Spearman). This is how configs/demo.py's
-levers were chosen (README, "The demo").
+levers were chosen (docs/demo.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's "will it fit" table: `crfiqa_jax.plan` over topologies × classes × centre
+"""The "will it fit" table of docs/tpu-planning.md: `crfiqa_jax.plan` over topologies × classes × centre
 layout × dtype for one config, in one process (libtpu loads once; each row is one XLA:TPU
 compile of the real train step, minutes for iResNet100 on a small CPU).
 

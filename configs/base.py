@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Method. ---
   c.method = "crfiqa"        # "crfiqa", or "igfiqa": IG-FIQA's class-variance weights and
-                             # augmented copy for the quality branch (README, IG-FIQA)
+                             # augmented copy for the quality branch (docs/design.md, IG-FIQA)
   c.ig_backbone_grad = True  # igfiqa: the augmented quality loss also trains the backbone
   # igfiqa: the augmented copy's degradations (crfiqa_jax.augment.AugmentParams; the paper
   # gives no values, these are ours): per image, each with its own probability.

@@ -7,11 +7,11 @@ images, 60 held-out identities × 10 images, each image degraded by blur, downsc
 noise, occlusion, JPEG or exposure at a known severity) into WORKDIR/data (cached), trains
 the tiny iResNet for 10 epochs through grain, the sharded jitted step and orbax, then
 scores the held-out identities and writes WORKDIR/eval/metrics.json and WORKDIR/eval/erc.png.
-About 8 minutes on this project's 2-core CPU, data included; the README has the figures of
+About 8 minutes on this project's 2-core CPU, data included; docs/demo.md has the figures of
 seeds 0, 1 and 2.
 
 Demo-only levers (configs small/large keep the released recipe, where all are off), chosen
-with benchmarks/demo_seeds.py (README, "The demo"):
+with benchmarks/demo_seeds.py (docs/demo.md):
   scale = 32         ArcFace s. At the paper's 64 this 128-d tiny net on 400 classes
                      collapsed on every seed tried (training CCS = NNCCS, held-out Spearman
                      ≥ 0); at 32 and 16 it trained on every seed tried.

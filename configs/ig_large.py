@@ -5,7 +5,7 @@
 
 As configs/large.py (16 epochs, the released CR-FIQA(L) length) with --config.method=igfiqa:
 per-class running CCS weights and an augmented copy of every batch for the quality branch
-(README, "IG-FIQA"). Each step runs the backbone twice.
+(docs/design.md, IG-FIQA). Each step runs the backbone twice.
 """
 
 from crfiqa_jax.configs import large

@@ -4,7 +4,7 @@
       --config.data_dir=/data/casia
 
 Per-class running CCS weights on the regression loss and an augmented copy of every batch
-for the quality branch (README, "IG-FIQA"); everything else as configs/small.py. Each step
+for the quality branch (docs/design.md, IG-FIQA); everything else as configs/small.py. Each step
 runs the backbone twice (clean + augmented), so it costs about twice a CR-FIQA step.
 """
 

@@ -152,7 +152,7 @@ def degrade(img: np.ndarray, kind: str, severity: float, rng: np.random.Generato
   px = size / 64.0  # severities are defined for 64-px faces and scale with the image
   u8 = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
   # Strengths are calibrated so that, for a model trained on this data, every kind at
-  # severity 1 costs roughly the same genuine similarity (see the README's demo section).
+  # severity 1 costs roughly the same genuine similarity (docs/demo.md).
   if kind == "blur":
     out = Image.fromarray(u8).filter(ImageFilter.GaussianBlur(radius=0.2 + 6.0 * severity * px))
     return np.asarray(out)
