@@ -45,6 +45,7 @@ VARIANTS = {
     "celeba": [],
     "simple": SIMPLE,
     "igfiqa": ["--config.method=igfiqa"],
+    "aug": ["--config.augment_batch=true"],
     "px64": ["--config.image_size=64", "--config.num_epochs=24",
              "--config.lr_decay_epochs=(14, 21)"],
     "px48": ["--config.image_size=48", "--config.num_epochs=30",

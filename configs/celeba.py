@@ -40,10 +40,4 @@ def get_config():
   c.log_every = 100
   c.checkpoint_every = 500
   c.eval_batch_size = 128
-  # Real photos: every training image is degraded at random (augment.augment: down to a
-  # fifth of the side and back, colour jitter, grey, an erased box; each per image with its
-  # probability), so CCS, NNCCS and the CR target learn what low resolution and occlusion
-  # cost. The paper flips only; without this the quality ranked the held-out pairs worse
-  # than face size alone (docs/real-faces.md).
-  c.augment_batch = True
   return c

@@ -110,8 +110,11 @@ def read_workdir(workdir) -> tuple[dict, dict, int]:
   workdir = Path(workdir).absolute()
   if not (workdir / CONFIG_FILE).exists():
     raise FileNotFoundError(f"{workdir} is not a training workdir (no {CONFIG_FILE})")
+  import grain
+  # The data position is not read, but naming its handler keeps orbax from warning about it.
   mgr = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR,
-                              item_handlers={"state": ocp.StandardCheckpointHandler()})
+                              item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                             "data": grain.checkpoint.CheckpointHandler()})
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(f"{workdir}/{CHECKPOINTS_DIR} holds no checkpoint yet")
