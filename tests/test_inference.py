@@ -225,7 +225,7 @@ def test_resume_on_another_device_count(tiny_records, tmp_path):
 
 def test_checks_fail_before_the_first_step(tiny_records, tmp_path):
   cfg = _cfg(tiny_records, total_steps=1, eval_data_dir=str(tiny_records))
-  with pytest.raises(ValueError, match="no split 'test'|lacks per-image 'severity'"):
+  with pytest.raises(ValueError, match="no 'test' split|lacks per-image 'severity'"):
     experiment.preflight(cfg, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()  # nothing was trained
   with pytest.raises(FileNotFoundError, match="init_checkpoint"):
