@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crfiqa_jax import calibration, cli, inference
+from crfiqa_jax import calibration, cli, engines, inference
 from crfiqa_jax.data.converters import IMAGE_EXTENSIONS
 from crfiqa_jax.inference import Scorer  # noqa: F401  (the Python API, re-exported)
 
@@ -116,9 +116,9 @@ def score_to_csv(predictor, names: Sequence[str], source: inference.ImageSource,
 
 
 def _join_parts(output: Path, parts: list[Path]):
-  with open(output, "w", newline="") as out:
+  with open(output, "wb") as out:  # bytes: the parts' \r\n line ends kept as csv wrote them
     for k, p in enumerate(parts):
-      lines = p.read_text().splitlines(keepends=True)
+      lines = p.read_bytes().splitlines(keepends=True)
       out.writelines(lines if k == 0 else lines[1:])
   for p in parts:
     p.unlink()
@@ -130,7 +130,7 @@ def run(args) -> int:
   if not paths:
     raise ValueError(f"no images found in {args.input}")
   cal = calibration.load(args.checkpoint) if args.calibrated else None
-  predictor = inference.load_predictor(args.checkpoint, args.arch)
+  predictor = engines.load_predictor(args.checkpoint, args.arch, args.engine)
   if args.detect:  # raw photos: one row per photo (or per face), aligned on the fly
     from crfiqa_jax import faces
     rows = faces.FaceRows(paths, rule=args.face, all_faces=args.all_faces,
@@ -179,6 +179,7 @@ def main(argv=None) -> int:
   p.add_argument("--arch", default=None, help="architecture of a .pth checkpoint")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--strict", action="store_true", help="refuse images of the wrong size")
+  engines.add_argument(p)
   p.add_argument("--detect", action="store_true",
                  help="inputs are raw photos: detect, choose and align a face ([detect] extra)")
   p.add_argument("--face", choices=("center", "largest"), default="center",

@@ -1,0 +1,257 @@
+"""Which engine runs a model's forward for scoring: JAX, or onnxruntime on a CPU host.
+
+`score`, `evaluate`, `analyze` and the photo path (`score --detect`) take `--engine`:
+
+* `jax` — the Flax model on the JAX backend's devices (`inference.FlaxPredictor`);
+* `onnxruntime` — the same weights exported to ONNX (crfiqa_jax.export) and run by
+  onnxruntime's CPU kernels (`export.OnnxPredictor`), with a session tuned by
+  `session_options`;
+* `onnxruntime-int8` — opt-in: the ONNX graph statically quantised to int8 (QDQ, weights
+  per channel, activations calibrated on `CALIBRATION_IMAGES` synthetic face-like crops);
+* `auto` (the default) — onnxruntime when JAX's backend is the CPU, onnxruntime is
+  installed and the model is an iResNet; JAX otherwise (GPU and TPU hosts).
+
+On a 2-core Intel Xeon (AVX-512, AMX), iResNet50 at batch 32, one process, idle machine:
+onnxruntime 1.25× PyTorch eager, JAX 0.84× (docs/engines.md has the figures and commands).
+
+The ONNX file is exported once per set of weights and cached (`onnx_file`): beside the
+model when its folder is writable, else in `cache_dir()`. Its name holds `weights_key`, a
+hash of every variable's path, dtype, shape and bytes plus the architecture and the
+exporter's `FORMAT`, so changed weights (a new checkpoint step, a re-converted .pth) get
+a new file, never a stale one. A fresh float32 export is checked against the JAX model on
+random inputs (max relative difference ≤ 1e-4) before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "jax", "onnxruntime", "onnxruntime-int8")
+FORMAT = "1"            # bump when export.onnx_model's graph changes: old caches go unused
+CALIBRATION_IMAGES = 64  # synthetic face-like crops calibrating the int8 activations
+TOLERANCE = 1e-4
+
+
+def add_argument(parser) -> None:
+  """`--engine` on a command line (score, evaluate, analyze)."""
+  parser.add_argument("--engine", default="auto", choices=ENGINES,
+                      help="model forward: auto (onnxruntime on a CPU host when installed, "
+                           "else JAX), jax, onnxruntime, or the opt-in onnxruntime-int8")
+
+
+def have_onnxruntime() -> bool:
+  try:
+    import onnx  # noqa: F401  (the exporter writes the graph with it)
+    import onnxruntime  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def choose(engine: str, model=None) -> str:
+  """The engine `engine` resolves to on this host for `model` ("jax" or an onnxruntime one)."""
+  if engine not in ENGINES:
+    raise ValueError(f"--engine={engine!r}; choose one of {ENGINES}")
+  exportable = model is None or _exportable(model)
+  if engine != "auto":
+    if engine != "jax" and not exportable:
+      raise ValueError(f"--engine={engine} needs an iResNet (crfiqa_jax.models.IResNet); "
+                       f"this model is a {type(model).__name__}")
+    return engine
+  import jax
+  if jax.default_backend() == "cpu" and have_onnxruntime() and exportable:
+    return "onnxruntime"
+  return "jax"
+
+
+def _exportable(model) -> bool:
+  from crfiqa_jax import models
+  return isinstance(model, models.IResNet) and not getattr(model, "folded", False)
+
+
+def weights_key(model, variables, info: dict) -> str:
+  """32 hex digits identifying the eval-mode function: architecture, input size, exporter
+  format and every variable (path, dtype, shape, bytes)."""
+  import jax
+  h = hashlib.blake2b(digest_size=16)
+  h.update(repr((FORMAT, str(info.get("arch")), tuple(model.stage_sizes), tuple(model.widths),
+                 int(model.embedding_dim), int(info.get("image_size", 112)))).encode())
+  leaves = jax.tree_util.tree_flatten_with_path(
+      {"params": variables["params"], "batch_stats": variables["batch_stats"]})[0]
+  for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def cache_dir() -> Path:
+  """Where ONNX files go when the model's folder is not writable: $CRFIQA_JAX_CACHE, else
+  $XDG_CACHE_HOME/crfiqa_jax, else ~/.cache/crfiqa_jax."""
+  if os.environ.get("CRFIQA_JAX_CACHE"):
+    return Path(os.environ["CRFIQA_JAX_CACHE"])
+  base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+  return Path(base) / "crfiqa_jax"
+
+
+def _writable(d: Path) -> bool:
+  try:
+    d.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=d, prefix=".crfiqa_probe"):
+      return True
+  except OSError:
+    return False
+
+
+def cache_path(source, key: str, int8: bool = False) -> Path:
+  """The cached ONNX file of weights `key` read from `source` (a model file or folder):
+  SOURCE_DIR/onnx/ for a folder, beside a file as NAME.KEY.onnx, else under cache_dir()."""
+  name = f"{key[:20]}{'.int8' if int8 else ''}.onnx"
+  if source is not None:
+    src = Path(source).absolute()
+    d, stem = (src / "onnx", "") if src.is_dir() else (src.parent, src.name + ".")
+    if _writable(d):
+      return d / f"{stem}{name}"
+  return cache_dir() / "onnx" / name
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+  """Readers (other processes of a multi-process run) see the whole file or none."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def onnx_file(model, variables, info: dict, *, source=None, int8: bool = False) -> Path:
+  """The ONNX file computing (model, variables) in eval mode, exported and checked on first
+  use, then read from the cache (see the module doc)."""
+  from crfiqa_jax import export
+  key = weights_key(model, variables, info)
+  path = cache_path(source, key, int8)
+  if path.is_file():
+    log.info("onnxruntime engine: cached %s", path)
+    return path
+  fp32 = cache_path(source, key) if int8 else path
+  if not fp32.is_file():
+    log.info("onnxruntime engine: exporting the model once to %s", fp32)
+    proto = export.onnx_model(model, variables, info)
+    tmp = fp32.with_name(fp32.name + f".check-{os.getpid()}")
+    _atomic_write(tmp, proto.SerializeToString())
+    try:
+      diff = export._verify_onnx(tmp, model, variables, "nchw", export.OUTPUTS, "dynamic",
+                                 int(info.get("image_size", 112)))
+      if max(diff.values()) > TOLERANCE:
+        raise ValueError(f"the ONNX export of {source} differs from the JAX model by {diff} "
+                         "(relative); use --engine=jax")
+      os.replace(tmp, fp32)
+    finally:
+      tmp.unlink(missing_ok=True)
+  if int8:
+    log.info("onnxruntime engine: quantising to int8 once → %s", path)
+    _atomic_write(path, quantize_int8(fp32, int(info.get("image_size", 112))))
+  return path
+
+
+def calibration_images(size: int, n: int = CALIBRATION_IMAGES) -> np.ndarray:
+  """n synthetic face-like crops (crfiqa_jax.data.synthetic), uint8 [n, size, size, 3]."""
+  from crfiqa_jax.data import records, synthetic
+  per = 4
+  got = [records.decode_image(s["image"])
+         for s in synthetic.samples(-(-n // per), per, seed=1234, size=size)]
+  return np.stack(got[:n])
+
+
+def quantize_int8(fp32_path: Path, size: int) -> bytes:
+  """Static QDQ int8 quantisation of an exported float32 ONNX file (weights per output
+  channel, activations uint8 calibrated by min/max on `calibration_images`)."""
+  from onnxruntime import quantization as q
+  x = (calibration_images(size).astype(np.float32) - 127.5) / 127.5
+  x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+  class Reader(q.CalibrationDataReader):
+    def __init__(self):
+      self._it = iter([{"input": x[i:i + 16]} for i in range(0, len(x), 16)])
+
+    def get_next(self):
+      return next(self._it, None)
+
+  with tempfile.TemporaryDirectory() as d:
+    out = Path(d) / "int8.onnx"
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser warns on the root logger about every BN
+    try:
+      q.quantize_static(str(fp32_path), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
+                        per_channel=True, activation_type=q.QuantType.QUInt8,
+                        weight_type=q.QuantType.QInt8)
+    finally:
+      root.setLevel(level)
+    return out.read_bytes()
+
+
+def cpu_threads() -> int:
+  """Cores this process may run on (the affinity mask, e.g. a container's or taskset's)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def session_options(threads: int | None = None):
+  """onnxruntime session options for this CPU: one intra-op thread per usable core, every
+  graph optimisation (ORT_ENABLE_ALL: conv + BN + activation fusion and the layout
+  transform to the blocked NCHWc kernels), sequential execution (the iResNet is a chain;
+  ORT_PARALLEL only adds scheduling). Measured in docs/engines.md: BASIC or EXTENDED
+  optimisation ran at 0.68×, PARALLEL at 0.5× of this; spinning on/off made no difference."""
+  import onnxruntime as ort
+  o = ort.SessionOptions()
+  o.intra_op_num_threads = threads or cpu_threads()
+  o.inter_op_num_threads = 1
+  o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+  o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+  o.log_severity_level = 3
+  return o
+
+
+def make_predictor(model, variables, info: dict, *, engine: str = "auto", source=None,
+                   devices=None):
+  """A predictor (crfiqa_jax.inference protocol) running (model, variables) on `engine`;
+  `source`, the model's file or folder, places the ONNX cache beside it."""
+  from crfiqa_jax import export, inference
+  chosen = choose(engine, model)
+  size = int(info.get("image_size", 112))
+  if chosen == "jax":
+    pred = inference.FlaxPredictor(model, variables, image_size=size, devices=devices)
+    pred.engine = chosen
+    return pred
+  variables = inference.host_local(variables)
+  path = onnx_file(model, variables, info, source=source, int8=chosen.endswith("int8"))
+  pred = export.OnnxPredictor(path, options=session_options())
+  pred.engine = chosen
+  return pred
+
+
+def load_predictor(path, arch: str | None = None, engine: str = "auto"):
+  """A predictor for `path` (an exported .onnx, a training workdir, a converted model
+  folder or a released .pth) on `engine`."""
+  from crfiqa_jax import convert, export
+  if str(path).endswith(".onnx"):
+    if engine in ("jax", "onnxruntime-int8"):
+      raise ValueError(f"{path} is an ONNX file: it runs on onnxruntime, not --engine={engine}")
+    return export.OnnxPredictor(path, options=session_options())
+  model, variables, info = convert.load_model(path, arch)
+  return make_predictor(model, variables, info, engine=engine, source=path)
