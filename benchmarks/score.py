@@ -3,7 +3,8 @@ machine for every engine, side by side in one process:
 
 * JAX — `inference.FlaxPredictor` through `score.Scorer` (uint8 in, normalised on device);
 * onnxruntime — the model's cached ONNX export (crfiqa_jax.engines), tuned session;
-* onnxruntime-int8 — the opt-in static int8 quantisation of it (with --int8);
+* onnxruntime int8 — with --int8, a static int8 quantisation of that file
+  (benchmarks/int8.py; not an engine of crfiqa_jax: it does not keep the ranking);
 * PyTorch — the same architecture (tests/torch_iresnet.py), eval mode, inference_mode,
   same thread count, NCHW (the layout of the released code) and channels_last;
 * "score uses" — what `score --engine=auto` picks on this host, built the way score does.
@@ -35,13 +36,25 @@ def _rate(fn, n_images: int, batches: int) -> float:
   return n_images * batches / (time.perf_counter() - t)
 
 
+def _int8(model, variables, info, cache):
+  """The model quantised to int8 (calibrated on random images: speed only)."""
+  import int8
+
+  from crfiqa_jax import engines, export
+  fp32 = engines.onnx_file(model, variables, info, source=cache)
+  calib = np.random.default_rng(1).uniform(-1, 1, (32, 3, 112, 112)).astype(np.float32)
+  path = cache / "int8.onnx"
+  path.write_bytes(int8.quantize(fp32, calib))
+  return export.OnnxPredictor(path, options=engines.session_options())
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--arch", default="iresnet50")
   p.add_argument("--batch", type=int, nargs="+", default=[32])
   p.add_argument("--batches", type=int, default=3)
   p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--int8", action="store_true", help="also the opt-in int8 engine")
+  p.add_argument("--int8", action="store_true", help="also an int8 quantisation (int8.py)")
   args = p.parse_args()
   import jax
   import jax.numpy as jnp
@@ -58,8 +71,7 @@ def main():
     builders["onnxruntime"] = lambda: engines.make_predictor(
         model, variables, info, engine="onnxruntime", source=cache)
     if args.int8:
-      builders["onnxruntime-int8"] = lambda: engines.make_predictor(
-          model, variables, info, engine="onnxruntime-int8", source=cache)
+      builders["onnxruntime int8 (not kept)"] = lambda: _int8(model, variables, info, cache)
   else:
     print("onnxruntime not installed: JAX only")
   builders[f"score uses ({chosen})"] = lambda: engines.make_predictor(

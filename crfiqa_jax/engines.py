@@ -6,13 +6,15 @@
 * `onnxruntime` — the same weights exported to ONNX (crfiqa_jax.export) and run by
   onnxruntime's CPU kernels (`export.OnnxPredictor`), with a session tuned by
   `session_options`;
-* `onnxruntime-int8` — opt-in: the ONNX graph statically quantised to int8 (QDQ, weights
-  per channel, activations calibrated on `CALIBRATION_IMAGES` synthetic face-like crops);
 * `auto` (the default) — onnxruntime when JAX's backend is the CPU, onnxruntime is
   installed and the model is an iResNet; JAX otherwise (GPU and TPU hosts).
 
 On a 2-core Intel Xeon (AVX-512, AMX), iResNet50 at batch 32, one process, idle machine:
 onnxruntime 1.25× PyTorch eager, JAX 0.84× (docs/engines.md has the figures and commands).
+
+An int8 engine (onnxruntime's static quantisation) was measured and left out: 2.1× faster
+on iResNet50, but its quality ranking on real faces fell short (Spearman 0.993–0.996
+against float32; benchmarks/int8.py, docs/engines.md).
 
 The ONNX file is exported once per set of weights and cached (`onnx_file`): beside the
 model when its folder is writable, else in `cache_dir()`. Its name holds `weights_key`, a
@@ -34,9 +36,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "jax", "onnxruntime", "onnxruntime-int8")
+ENGINES = ("auto", "jax", "onnxruntime")
 FORMAT = "1"            # bump when export.onnx_model's graph changes: old caches go unused
-CALIBRATION_IMAGES = 64  # synthetic face-like crops calibrating the int8 activations
 TOLERANCE = 1e-4
 
 
@@ -44,7 +45,7 @@ def add_argument(parser) -> None:
   """`--engine` on a command line (score, evaluate, analyze)."""
   parser.add_argument("--engine", default="auto", choices=ENGINES,
                       help="model forward: auto (onnxruntime on a CPU host when installed, "
-                           "else JAX), jax, onnxruntime, or the opt-in onnxruntime-int8")
+                           "else JAX), jax or onnxruntime (crfiqa_jax.engines)")
 
 
 def have_onnxruntime() -> bool:
@@ -111,10 +112,10 @@ def _writable(d: Path) -> bool:
     return False
 
 
-def cache_path(source, key: str, int8: bool = False) -> Path:
+def cache_path(source, key: str) -> Path:
   """The cached ONNX file of weights `key` read from `source` (a model file or folder):
   SOURCE_DIR/onnx/ for a folder, beside a file as NAME.KEY.onnx, else under cache_dir()."""
-  name = f"{key[:20]}{'.int8' if int8 else ''}.onnx"
+  name = f"{key[:20]}.onnx"
   if source is not None:
     src = Path(source).absolute()
     d, stem = (src / "onnx", "") if src.is_dir() else (src.parent, src.name + ".")
@@ -136,71 +137,29 @@ def _atomic_write(path: Path, data: bytes) -> None:
     raise
 
 
-def onnx_file(model, variables, info: dict, *, source=None, int8: bool = False) -> Path:
+def onnx_file(model, variables, info: dict, *, source=None) -> Path:
   """The ONNX file computing (model, variables) in eval mode, exported and checked on first
   use, then read from the cache (see the module doc)."""
   from crfiqa_jax import export
   key = weights_key(model, variables, info)
-  path = cache_path(source, key, int8)
+  path = cache_path(source, key)
   if path.is_file():
     log.info("onnxruntime engine: cached %s", path)
     return path
-  fp32 = cache_path(source, key) if int8 else path
-  if not fp32.is_file():
-    log.info("onnxruntime engine: exporting the model once to %s", fp32)
-    proto = export.onnx_model(model, variables, info)
-    tmp = fp32.with_name(fp32.name + f".check-{os.getpid()}")
-    _atomic_write(tmp, proto.SerializeToString())
-    try:
-      diff = export._verify_onnx(tmp, model, variables, "nchw", export.OUTPUTS, "dynamic",
-                                 int(info.get("image_size", 112)))
-      if max(diff.values()) > TOLERANCE:
-        raise ValueError(f"the ONNX export of {source} differs from the JAX model by {diff} "
-                         "(relative); use --engine=jax")
-      os.replace(tmp, fp32)
-    finally:
-      tmp.unlink(missing_ok=True)
-  if int8:
-    log.info("onnxruntime engine: quantising to int8 once → %s", path)
-    _atomic_write(path, quantize_int8(fp32, int(info.get("image_size", 112))))
+  log.info("onnxruntime engine: exporting the model once to %s", path)
+  proto = export.onnx_model(model, variables, info)
+  tmp = path.with_name(path.name + f".check-{os.getpid()}")
+  _atomic_write(tmp, proto.SerializeToString())
+  try:
+    diff = export._verify_onnx(tmp, model, variables, "nchw", export.OUTPUTS, "dynamic",
+                               int(info.get("image_size", 112)))
+    if max(diff.values()) > TOLERANCE:
+      raise ValueError(f"the ONNX export of {source} differs from the JAX model by {diff} "
+                       "(relative); use --engine=jax")
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
   return path
-
-
-def calibration_images(size: int, n: int = CALIBRATION_IMAGES) -> np.ndarray:
-  """n synthetic face-like crops (crfiqa_jax.data.synthetic), uint8 [n, size, size, 3]."""
-  from crfiqa_jax.data import records, synthetic
-  per = 4
-  got = [records.decode_image(s["image"])
-         for s in synthetic.samples(-(-n // per), per, seed=1234, size=size)]
-  return np.stack(got[:n])
-
-
-def quantize_int8(fp32_path: Path, size: int) -> bytes:
-  """Static QDQ int8 quantisation of an exported float32 ONNX file (weights per output
-  channel, activations uint8 calibrated by min/max on `calibration_images`)."""
-  from onnxruntime import quantization as q
-  x = (calibration_images(size).astype(np.float32) - 127.5) / 127.5
-  x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-  class Reader(q.CalibrationDataReader):
-    def __init__(self):
-      self._it = iter([{"input": x[i:i + 16]} for i in range(0, len(x), 16)])
-
-    def get_next(self):
-      return next(self._it, None)
-
-  with tempfile.TemporaryDirectory() as d:
-    out = Path(d) / "int8.onnx"
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser warns on the root logger about every BN
-    try:
-      q.quantize_static(str(fp32_path), str(out), Reader(), quant_format=q.QuantFormat.QDQ,
-                        per_channel=True, activation_type=q.QuantType.QUInt8,
-                        weight_type=q.QuantType.QInt8)
-    finally:
-      root.setLevel(level)
-    return out.read_bytes()
 
 
 def cpu_threads() -> int:
@@ -239,7 +198,7 @@ def make_predictor(model, variables, info: dict, *, engine: str = "auto", source
     pred.engine = chosen
     return pred
   variables = inference.host_local(variables)
-  path = onnx_file(model, variables, info, source=source, int8=chosen.endswith("int8"))
+  path = onnx_file(model, variables, info, source=source)
   pred = export.OnnxPredictor(path, options=session_options())
   pred.engine = chosen
   return pred
@@ -250,7 +209,7 @@ def load_predictor(path, arch: str | None = None, engine: str = "auto"):
   folder or a released .pth) on `engine`."""
   from crfiqa_jax import convert, export
   if str(path).endswith(".onnx"):
-    if engine in ("jax", "onnxruntime-int8"):
+    if engine == "jax":
       raise ValueError(f"{path} is an ONNX file: it runs on onnxruntime, not --engine={engine}")
     return export.OnnxPredictor(path, options=session_options())
   model, variables, info = convert.load_model(path, arch)
