@@ -32,7 +32,7 @@ def main():
   import jax
   import jax.numpy as jnp
 
-  from crfiqa_jax import export, models
+  from crfiqa_jax import export, models, onnx_predictor
   model = models.create_model(args.arch)
   variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 112, 112, 3))))()
   info = {"arch": args.arch, "embedding_dim": model.embedding_dim, "image_size": 112}
@@ -52,7 +52,7 @@ def main():
   with tempfile.TemporaryDirectory() as d:
     path = Path(d) / "m.onnx"
     path.write_bytes(export.onnx_model(model, variables, info).SerializeToString())
-    ort_ips = rate(export.OnnxPredictor(path), imgs, args.batches)
+    ort_ips = rate(onnx_predictor.OnnxPredictor(path), imgs, args.batches)
   print(f"onnxruntime  {label}: {ort_ips:7.1f} images/s ({os.cpu_count()} cores)")
   print(f"ratio onnxruntime/JAX: {ort_ips / jax_ips:.2f}")
 

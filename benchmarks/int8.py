@@ -66,9 +66,9 @@ def main():
   import onnxruntime as ort
   from scipy import stats
 
-  from crfiqa_jax import convert, engines, erc, inference, score
+  from crfiqa_jax import checkpoints, engines, erc, inference, score
   from crfiqa_jax.data.records import decode_image
-  model, variables, info = convert.load_model(args.checkpoint)
+  model, variables, info = checkpoints.load_model(args.checkpoint)
   fp32 = engines.onnx_file(model, inference.host_local(variables), info, source=args.checkpoint)
   names = score.list_inputs(args.faces)
   size = int(info.get("image_size", 112))

@@ -40,12 +40,13 @@ def _int8(model, variables, info, cache):
   """The model quantised to int8 (calibrated on random images: speed only)."""
   import int8
 
-  from crfiqa_jax import engines, export
+  from crfiqa_jax import engines
+  from crfiqa_jax.onnx_predictor import OnnxPredictor
   fp32 = engines.onnx_file(model, variables, info, source=cache)
   calib = np.random.default_rng(1).uniform(-1, 1, (32, 3, 112, 112)).astype(np.float32)
   path = cache / "int8.onnx"
   path.write_bytes(int8.quantize(fp32, calib))
-  return export.OnnxPredictor(path, options=engines.session_options())
+  return OnnxPredictor(path, options=engines.session_options())
 
 
 def main():

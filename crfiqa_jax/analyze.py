@@ -20,17 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
+from crfiqa_jax import checkpoints
+
 log = logging.getLogger(__name__)
 
 
 def load_workdir(path: str | Path):
   """(model, inference variables, centres [D, C_padded], config dict) of a training workdir."""
-  from crfiqa_jax import convert
-  path = Path(path).absolute()
-  if not (path / "config.json").exists():
-    raise FileNotFoundError(f"{path} is not a training workdir (no config.json): the class "
-                            "centres needed here exist only in training checkpoints")
-  model, variables, info = convert.load_model(path)
+  if checkpoints.model_kind(path) != "workdir":
+    raise FileNotFoundError(f"--checkpoint {path} is not a training workdir (no "
+                            f"{checkpoints.CONFIG_FILE}): the class centres needed here exist "
+                            "only in training checkpoints")
+  model, variables, info = checkpoints.load_model(path)
   return model, variables, info["centres"], info["config"]
 
 
@@ -104,14 +105,14 @@ def _impostor(rng, k, labels):
 
 
 def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 256,
-            split: str = "train") -> dict:
+            split: str = "train", engine: str = "auto") -> dict:
   """Streams `data` through the model once; keeps per-image CCS/NNCCS/CR and only the
   embeddings of images in the sampled pairs (memory independent of the set's size)."""
-  from crfiqa_jax import evaluate, inference, reports
-  from crfiqa_jax.data.records import read_info
+  from crfiqa_jax import engines, inference, reports
+  from crfiqa_jax.data.records import RecordSource, read_info
   model, variables, centres, cfg = load_workdir(workdir)
   num_classes = int(read_info(data).get("num_classes", 0))
-  labels, _ = evaluate.split_labels_and_meta(data, split)
+  labels = RecordSource(data, split).labels_and_metadata()[0]
   if labels.max() >= num_classes or num_classes > centres.shape[1]:
     raise ValueError(f"{data} has {num_classes} classes; the checkpoint has "
                      f"{centres.shape[1]} centres: not the training set of this model")
@@ -121,7 +122,9 @@ def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 25
   row[needed] = np.arange(len(needed))
   feats = np.full((len(needed), model.embedding_dim), np.nan, np.float32)
   ccs, nnccs, cr = (np.full(len(labels), np.nan) for _ in range(3))
-  predictor = inference.FlaxPredictor(model, variables, image_size=cfg["image_size"])
+  predictor = engines.make_predictor(
+      model, variables, {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
+                         "image_size": cfg["image_size"]}, engine=engine, source=workdir)
   source = inference.records_source(data, split)
   for bt in inference.stream(predictor, source, batch_size=batch_size, desc="analyze"):
     if not len(bt.indices):
@@ -192,12 +195,14 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=None, help="default: CHECKPOINT/analysis")
   p.add_argument("--pairs", type=int, default=50_000)
   p.add_argument("--batch-size", type=int, default=256)
+  from crfiqa_jax import engines
+  engines.add_argument(p)
   args = p.parse_args(argv)
   cli.quiet_logging()
 
   def body():
     r = analyze(args.checkpoint, args.data, args.out or Path(args.checkpoint) / "analysis",
-                pairs=args.pairs, batch_size=args.batch_size)
+                pairs=args.pairs, batch_size=args.batch_size, engine=args.engine)
     print(json.dumps(r, indent=1))
 
   return cli.run(body)

@@ -6,8 +6,7 @@ that carries the shardings, so a run resumes on any device or process count (ela
 8 devices → 4 → 1, two processes → one. Class-sharded centres are padded to a multiple of
 the device count; when that padded count differs, the saved padding columns are dropped
 and the new ones filled with zeros (padding is masked out of every loss term, so only the
-real columns carry information). `restore_raw` reads a workdir into host numpy arrays,
-whatever device count wrote it.
+real columns carry information). crfiqa_jax.checkpoints reads a workdir for inference.
 """
 
 from __future__ import annotations
@@ -20,12 +19,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from crfiqa_jax.checkpoints import CHECKPOINTS_DIR
+
 log = logging.getLogger(__name__)
 
 
 def manager(workdir: str | Path, *, max_to_keep: int = 3,
             save_interval_steps: int = 1) -> ocp.CheckpointManager:
-  directory = Path(workdir).absolute() / "checkpoints"
+  directory = Path(workdir).absolute() / CHECKPOINTS_DIR
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                          save_interval_steps=save_interval_steps,
                                          create=True)
@@ -117,26 +118,3 @@ def _repad(state, abstract_state):
 def abstract_with_shardings(abstract_state, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract_state, shardings)
-
-
-def restore_raw(workdir: str | Path) -> tuple[dict, dict, int]:
-  """(config dict, train-state tree of numpy arrays, step) of a training workdir's latest
-  checkpoint, without building the optimiser: for inference and analysis."""
-  import json
-  workdir = Path(workdir).absolute()
-  if not (workdir / "config.json").exists():
-    raise FileNotFoundError(f"{workdir} is not a training workdir (no config.json)")
-  mgr = ocp.CheckpointManager(workdir / "checkpoints", item_handlers=_handlers())
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint yet")
-  # One local device as the target: independent of the device count that wrote it.
-  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  meta = mgr.item_metadata(step)
-  meta = meta["state"] if "state" in meta else meta
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=one),
-                        meta, is_leaf=lambda m: hasattr(m, "shape"))
-  state = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))["state"]
-  state = jax.tree.map(np.asarray, state)
-  return json.loads((workdir / "config.json").read_text()), state, step

@@ -10,6 +10,23 @@ import pickle
 import sys
 from typing import Callable
 
+class MissingExtra(ImportError, ValueError):
+  """An optional extra is not installed; the message names the pip command. A ValueError
+  too, so `run` reports it as one `error: ...` line."""
+
+  def __init__(self, extra: str, what: str = "this"):
+    super().__init__(f'{what} needs the [{extra}] extra: pip install "crfiqa_jax[{extra}]"')
+
+
+def optional_import(module: str, extra: str, what: str = "this"):
+  """`import module`, or MissingExtra naming the extra that brings it."""
+  try:
+    __import__(module)
+  except ImportError:
+    raise MissingExtra(extra, what) from None
+  return sys.modules[module]
+
+
 # Errors that mean "the input or the request is wrong", not "the program is broken".
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError,
                pickle.UnpicklingError, NotADirectoryError, IsADirectoryError)

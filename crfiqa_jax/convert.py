@@ -118,16 +118,19 @@ def _read_pth_object(path: str | Path):
   if not zipfile.is_zipfile(path):
     raise ValueError(f"{path} is not a PyTorch zip checkpoint (files from torch < 1.6 use a "
                      "legacy format: re-save them with torch.save in a newer torch)")
-  with zipfile.ZipFile(path) as zf:
-    names = zf.namelist()
-    pkl = [n for n in names if n.endswith("data.pkl")]
-    if len(pkl) != 1:
-      raise ValueError(f"{path}: expected one data.pkl in the archive, found {pkl}")
-    prefix = pkl[0][: -len("data.pkl")]
-    byteorder = "little"
-    if f"{prefix}byteorder" in names:
-      byteorder = zf.read(f"{prefix}byteorder").decode().strip()
-    return _TorchZipUnpickler(zf.read(pkl[0]), zf, prefix, byteorder).load()
+  try:
+    with zipfile.ZipFile(path) as zf:
+      names = zf.namelist()
+      pkl = [n for n in names if n.endswith("data.pkl")]
+      if len(pkl) != 1:
+        raise ValueError(f"{path}: expected one data.pkl in the archive, found {pkl}")
+      prefix = pkl[0][: -len("data.pkl")]
+      byteorder = "little"
+      if f"{prefix}byteorder" in names:
+        byteorder = zf.read(f"{prefix}byteorder").decode().strip()
+      return _TorchZipUnpickler(zf.read(pkl[0]), zf, prefix, byteorder).load()
+  except (zipfile.BadZipFile, EOFError, OSError) as e:  # a cut or damaged archive
+    raise ValueError(f"{path} is a damaged PyTorch checkpoint: {e}") from None
 
 
 def _as_state_dict(obj, path) -> dict[str, np.ndarray]:
@@ -145,7 +148,13 @@ def _load_object(path: str | Path):
     import torch
   except ImportError:
     return _read_pth_object(path)
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+    if isinstance(e, FileNotFoundError):
+      raise
+    why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"{path} is not a readable PyTorch checkpoint: {why}") from None
 
   def to_numpy(v):
     if isinstance(v, torch.Tensor):
@@ -316,61 +325,38 @@ def has_quality_head(state_dict: Mapping[str, Any]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Exported inference checkpoints: DIR/model.json + DIR/variables (orbax).
+# The exported model directory this module's CLI writes (crfiqa_jax.checkpoints reads it).
 # ---------------------------------------------------------------------------------------
+
+MODEL_FILE = "model.json"      # arch, embedding_dim, image_size, source
+VARIABLES_DIR = "variables"    # the Flax variables (orbax)
+
+
+def load_torch(path: str | Path, arch: str | None = None, *, qs_optional: bool = False):
+  """(variables, info) of a .pth file; `arch` is detected from the block counts if None."""
+  sd = _strip_prefix(load_state_dict(path))
+  arch = arch or detect_arch(sd)
+  if arch is None:
+    raise ValueError(f"cannot tell the architecture of {path}; pass --arch")
+  variables = from_torch(sd, arch, qs_optional=qs_optional)
+  return variables, {"arch": arch, "embedding_dim": variables["params"]["fc"]["bias"].shape[0],
+                     "image_size": 112, "source": str(path), "has_qs": has_quality_head(sd)}
+
 
 def save_inference(out_dir: str | Path, variables: dict, *, arch: str, embedding_dim: int,
                    image_size: int = 112, source: str = "") -> Path:
+  """Writes an exported model directory: MODEL_FILE and VARIABLES_DIR."""
   import orbax.checkpoint as ocp
   out = Path(out_dir).absolute()
   out.mkdir(parents=True, exist_ok=True)
-  if (out / "variables").exists():
-    raise FileExistsError(f"{out}/variables exists; choose an empty --out")
+  if (out / VARIABLES_DIR).exists():
+    raise FileExistsError(f"{out}/{VARIABLES_DIR} exists; choose an empty --out")
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(out / "variables", variables)
-  (out / "model.json").write_text(json.dumps(
+    ckptr.save(out / VARIABLES_DIR, variables)
+  (out / MODEL_FILE).write_text(json.dumps(
       {"arch": arch, "embedding_dim": embedding_dim, "image_size": image_size,
        "source": source}, indent=1))
   return out
-
-
-def load_model(path: str | Path, arch: str | None = None, *, qs_optional: bool = False):
-  """(model, variables, info) from a .pth file (needs `arch` or detects it), an exported
-  directory (model.json + variables) or a training workdir (config.json + checkpoints).
-
-  info: arch, embedding_dim, image_size, source, has_qs (False for a .pth ArcFace backbone
-  read with qs_optional), and for a workdir its class centres `centres` [D, C'] and
-  `shard_centres` (C' is padded to the device count when that was on).
-  """
-  import orbax.checkpoint as ocp
-  path = Path(path).absolute()
-  if path.suffix in (".pth", ".pt"):
-    sd = _strip_prefix(load_state_dict(path))
-    arch = arch or detect_arch(sd)
-    if arch is None:
-      raise ValueError(f"cannot tell the architecture of {path}; pass --arch")
-    variables = from_torch(sd, arch, qs_optional=qs_optional)
-    emb = variables["params"]["fc"]["bias"].shape[0]
-    return (models.create_model(arch, embedding_dim=emb), variables,
-            {"arch": arch, "embedding_dim": emb, "image_size": 112, "source": str(path),
-             "has_qs": has_quality_head(sd)})
-  if (path / "model.json").exists():
-    info = json.loads((path / "model.json").read_text())
-    with ocp.StandardCheckpointer() as ckptr:
-      variables = ckptr.restore(path / "variables")
-    return (models.create_model(info["arch"], embedding_dim=info["embedding_dim"]),
-            variables, info)
-  if (path / "config.json").exists() and (path / "checkpoints").exists():
-    from crfiqa_jax import checkpointing
-    cfg, state, step = checkpointing.restore_raw(path)
-    variables = {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
-    info = {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
-            "image_size": cfg["image_size"], "source": f"{path} step {step}",
-            "step": int(step), "config": cfg, "centres": state["params"]["centres"]}
-    return (models.create_model(cfg["model"], embedding_dim=cfg["embedding_dim"]), variables,
-            info)
-  raise FileNotFoundError(f"{path} is neither a .pth file, an exported model (model.json) nor "
-                          "a training workdir (config.json + checkpoints/)")
 
 
 def main(argv=None):
@@ -388,7 +374,9 @@ def main(argv=None):
   cli.quiet_logging()
 
   def body():
-    _, variables, info = load_model(args.torch, args.arch, qs_optional=args.allow_missing_qs)
+    if not Path(args.torch).is_file():
+      raise FileNotFoundError(f"--torch {args.torch} does not exist")
+    variables, info = load_torch(args.torch, args.arch, qs_optional=args.allow_missing_qs)
     out = save_inference(args.out, variables, arch=info["arch"],
                          embedding_dim=info["embedding_dim"], source=str(args.torch))
     import jax

@@ -4,7 +4,7 @@
 
 * `jax` — the Flax model on the JAX backend's devices (`inference.FlaxPredictor`);
 * `onnxruntime` — the same weights exported to ONNX (crfiqa_jax.export) and run by
-  onnxruntime's CPU kernels (`export.OnnxPredictor`), with a session tuned by
+  onnxruntime's CPU kernels (`onnx_predictor.OnnxPredictor`), with a session tuned by
   `session_options`;
 * `auto` (the default) — onnxruntime when JAX's backend is the CPU, onnxruntime is
   installed and the model is an iResNet; JAX otherwise (GPU and TPU hosts).
@@ -190,7 +190,8 @@ def make_predictor(model, variables, info: dict, *, engine: str = "auto", source
                    devices=None):
   """A predictor (crfiqa_jax.inference protocol) running (model, variables) on `engine`;
   `source`, the model's file or folder, places the ONNX cache beside it."""
-  from crfiqa_jax import export, inference
+  from crfiqa_jax import inference
+  from crfiqa_jax.onnx_predictor import OnnxPredictor
   chosen = choose(engine, model)
   size = int(info.get("image_size", 112))
   if chosen == "jax":
@@ -199,18 +200,6 @@ def make_predictor(model, variables, info: dict, *, engine: str = "auto", source
     return pred
   variables = inference.host_local(variables)
   path = onnx_file(model, variables, info, source=source)
-  pred = export.OnnxPredictor(path, options=session_options())
+  pred = OnnxPredictor(path, options=session_options())
   pred.engine = chosen
   return pred
-
-
-def load_predictor(path, arch: str | None = None, engine: str = "auto"):
-  """A predictor for `path` (an exported .onnx, a training workdir, a converted model
-  folder or a released .pth) on `engine`."""
-  from crfiqa_jax import convert, export
-  if str(path).endswith(".onnx"):
-    if engine == "jax":
-      raise ValueError(f"{path} is an ONNX file: it runs on onnxruntime, not --engine={engine}")
-    return export.OnnxPredictor(path, options=session_options())
-  model, variables, info = convert.load_model(path, arch)
-  return make_predictor(model, variables, info, engine=engine, source=path)

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from crfiqa_jax import evaluate, train
+from crfiqa_jax import checkpoints, heldout, train
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,12 @@ def preflight(config: ml_collections.ConfigDict, workdir: str | Path):
   """Everything that would otherwise fail after training, checked before the first step."""
   train.dataset_facts(config)
   if config.eval_data_dir:
-    evaluate.check_eval_data(config.eval_data_dir, "test")
+    heldout.check_eval_data(config.eval_data_dir, "test")
   if config.init_checkpoint:
     if not Path(config.init_checkpoint).exists():
       raise FileNotFoundError(f"init_checkpoint {config.init_checkpoint} does not exist: "
                               "fix --config.init_checkpoint")
-    from crfiqa_jax import convert
-    _, _, info = convert.load_model(config.init_checkpoint, config.model)
+    _, _, info = checkpoints.load_model(config.init_checkpoint, config.model)
     if (info["arch"], info["embedding_dim"]) != (config.model, config.embedding_dim):
       raise ValueError(f"init_checkpoint {config.init_checkpoint} is {info['arch']} with "
                        f"embedding {info['embedding_dim']}; the config wants {config.model} "
@@ -79,31 +78,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   state = train.train(config, workdir)
   if config.eval_data_dir:
     out = Path(workdir) / "eval"
-    m = evaluate.evaluate_checkpoint_state(state, config, out, started=started)
+    m = heldout.evaluate_checkpoint_state(state, config, out, started=started)
     if m is not None:
-      print_summary(m, out)
+      heldout.print_summary(m, out)
   return state
 
-
-def print_summary(m: dict, out_dir: Path):
-  auc = m["erc_auc"]
-  lines = [
-      "",
-      f"Held-out evaluation ({m['num_identities']} unseen identities, {m['num_images']} images, "
-      f"{m['num_pairs']:,} pairs) after {m['train_steps']} steps, {m['wall_seconds']:.0f} s:",
-      f"  Spearman(predicted quality, true degradation severity) = "
-      f"{m['spearman_quality_vs_severity']:+.3f}  (-1 = perfect, 0 = no relation)",
-  ]
-  for mode in auc:
-    for f, r in auc[mode].items():
-      gain = 1 - r["learned"] / r["random"] if r["random"] else float("nan")
-      lines.append(f"  ERC AUC [{mode:10s} FMR={f}] learned {r['learned']:.4f}  random "
-                   f"{r['random']:.4f}  oracle {r['oracle']:.4f}  → {100 * gain:.0f}% below "
-                   "random")
-  for f, by_m in m.get("standard", {}).get("fmr", {}).items():
-    r = {k: by_m[k] for k in ("learned", "random", "oracle") if k in by_m}
-    lines.append(f"  EDC pAUC@{m['standard']['limit']} [standard   FMR={f}] " + "  ".join(
-        f"{k} {v['pauc']:.4f} (−best {v['pauc_minus_best']:.4f})" for k, v in r.items()))
-  lines.append(f"  Lower AUC = rejecting the lowest-quality pairs removes more errors. "
-               f"Plot: {out_dir / 'erc.png'}; numbers: {out_dir / 'metrics.json'}")
-  print("\n".join(lines), flush=True)

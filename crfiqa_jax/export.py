@@ -23,8 +23,7 @@ StableHLO: `jax.export` of the same function (jitted Flax apply), with a symboli
 dimension; reload with `jax.export.deserialize(bytes).call(x)`, no model code needed. A
 sidecar FILE.json holds the same metadata as the ONNX file's metadata_props.
 
-`OnnxPredictor(path)` runs an exported ONNX file with onnxruntime alone: uint8 RGB images
-[B, H, W, 3] in, (embedding [B, D], quality [B]) out, normalisation and layout done inside.
+crfiqa_jax.onnx_predictor.OnnxPredictor runs the ONNX file with onnxruntime alone.
 """
 
 from __future__ import annotations
@@ -37,33 +36,19 @@ from typing import Sequence
 
 import numpy as np
 
-INSTALL_HINT = "this needs the [export] extra: pip install 'crfiqa_jax[export]'"
+from crfiqa_jax import checkpoints, cli
+from crfiqa_jax.onnx_predictor import onnxruntime
+
 INPUT_CONVENTION = "RGB float32, aligned 112x112 (ArcFace template), (x - 127.5) / 127.5"
 OPSET = 13  # Conv, BatchNormalization, PRelu, Gemm, Squeeze-with-axes: old runtimes run it
 OUTPUTS = ("embedding", "quality")
 
 
-class MissingExtra(ImportError, ValueError):
-  """An ImportError that the CLIs (crfiqa_jax.cli.run) report as a one-line user error."""
-
-
 def _onnx():
-  try:
-    import onnx
-    import onnx.helper  # noqa: F401
-    import onnx.numpy_helper  # noqa: F401
-    import onnx.utils  # noqa: F401
-  except ImportError as e:
-    raise MissingExtra(INSTALL_HINT) from e
-  return onnx
-
-
-def _onnxruntime():
-  try:
-    import onnxruntime
-  except ImportError as e:
-    raise MissingExtra(INSTALL_HINT) from e
-  return onnxruntime
+  """The onnx package (helper, numpy_helper and utils loaded), or cli.MissingExtra."""
+  for sub in ("helper", "numpy_helper", "utils"):
+    cli.optional_import(f"onnx.{sub}", "export", "ONNX export")
+  return cli.optional_import("onnx", "export", "ONNX export")
 
 
 def _version() -> str:
@@ -237,78 +222,13 @@ def export_stablehlo(model, variables, info: dict, *, batch="dynamic", layout: s
 
 
 # ---------------------------------------------------------------------------------------
-# onnxruntime predictor.
-# ---------------------------------------------------------------------------------------
-
-class OnnxPredictor:
-  """Scores faces with an exported ONNX file, without JAX or the model code.
-
-  `predictor(images uint8 [B, H, W, 3] RGB)` → (embedding float32 [B, D], quality float32
-  [B]); D = 0 (an empty array) when the file was exported with `--outputs=quality`. A file
-  with a fixed batch is fed in chunks of that size, the last one padded.
-  """
-
-  def __init__(self, path, providers: Sequence[str] | None = None, threads: int = 0,
-               options=None):
-    ort = _onnxruntime()
-    if not Path(path).is_file():
-      raise FileNotFoundError(f"no ONNX file at {path}")
-    opts = options or ort.SessionOptions()  # crfiqa_jax.engines.session_options: tuned
-    if options is None:
-      opts.intra_op_num_threads = threads
-    try:
-      self.session = ort.InferenceSession(str(path), opts,
-                                          providers=providers or ["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own types for bad files
-      raise ValueError(f"{path} is not a model onnxruntime can load: "
-                       f"{str(e).splitlines()[0]}") from e
-    inp = self.session.get_inputs()[0]
-    shape = inp.shape
-    if len(shape) != 4 or 3 not in (shape[1], shape[3]):
-      raise ValueError(f"{path}: input {inp.name} {shape} is not an [N, 3, S, S] or "
-                       "[N, S, S, 3] image batch")
-    self.input_name, self.nchw = inp.name, shape[1] == 3
-    self.image_size = int(shape[2])
-    self.batch = shape[0] if isinstance(shape[0], int) else None
-    self.batch_multiple = self.batch or 1  # crfiqa_jax.inference pads batches to this
-    self.output_names = [o.name for o in self.session.get_outputs()]
-    if "quality" not in self.output_names:
-      raise ValueError(f"{path} has no 'quality' output (outputs: {self.output_names})")
-    emb = [o for o in self.session.get_outputs() if o.name == "embedding"]
-    self.embedding_dim = int(emb[0].shape[1]) if emb else 0
-    self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-
-  def _run(self, x):
-    n = len(x)
-    if self.batch is not None and n != self.batch:
-      x = np.concatenate([x, np.zeros((self.batch - n, *x.shape[1:]), x.dtype)])
-    out = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
-    emb = out["embedding"][:n] if "embedding" in out else np.zeros((n, 0), np.float32)
-    return emb, out["quality"][:n]
-
-  def __call__(self, images: np.ndarray):
-    images = np.asarray(images)
-    s = self.image_size
-    if images.dtype != np.uint8 or images.shape[1:] != (s, s, 3):
-      raise ValueError(f"expected uint8 RGB images [B, {s}, {s}, 3], got {images.dtype} "
-                       f"{images.shape}")
-    x = (images.astype(np.float32) - 127.5) / 127.5
-    if self.nchw:
-      x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    step = self.batch or max(len(x), 1)
-    parts = [self._run(x[i:i + step]) for i in range(0, len(x), step)] or [self._run(x)]
-    return (np.concatenate([e for e, _ in parts]).astype(np.float32),
-            np.concatenate([q for _, q in parts]).astype(np.float32))
-
-
-# ---------------------------------------------------------------------------------------
 # CLI.
 # ---------------------------------------------------------------------------------------
 
 def _verify_onnx(path, model, variables, layout, outputs, batch, size):
   """Max relative difference between onnxruntime and JAX on random inputs, per output."""
   import jax
-  ort = _onnxruntime()
+  ort = onnxruntime()
   n = 2 if batch == "dynamic" else batch
   x = np.random.default_rng(0).uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
   emb, q = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
@@ -332,10 +252,9 @@ def _parse_batch(s: str):
 def run(args) -> int:
   outputs = tuple(o.strip() for o in args.outputs.split(","))
   if args.format == "onnx":  # fail before the (slow) model load
-    _onnx(), _onnxruntime()
+    _onnx(), onnxruntime()
   _check_args(args.layout, outputs, args.batch)
-  from crfiqa_jax import convert
-  model, variables, info = convert.load_model(args.checkpoint, args.arch)
+  model, variables, info = checkpoints.load_model(args.checkpoint, args.arch)
   out = Path(args.output)
   out.parent.mkdir(parents=True, exist_ok=True)
   kw = dict(batch=args.batch, layout=args.layout, outputs=outputs)
@@ -357,13 +276,12 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-  from crfiqa_jax import cli
   p = cli.parser("crfiqa_jax.export", __doc__,
                  "python -m crfiqa_jax.export --checkpoint=181952backbone.pth --format=onnx "
                  "--output=crfiqa_l.onnx\npython -m crfiqa_jax.export --checkpoint=runs/demo "
                  "--format=stablehlo --output=demo.shlo\n\n" + __doc__.split("\n\n")[2])
   p.add_argument("--checkpoint", required=True,
-                 help="training workdir, converted model directory or released .pth")
+                 help="training workdir, exported model directory or released .pth")
   p.add_argument("--arch", default=None, help="architecture of a .pth (default: detect)")
   p.add_argument("--format", required=True, choices=["onnx", "stablehlo"])
   p.add_argument("--output", required=True, help="file to write")

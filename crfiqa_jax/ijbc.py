@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crfiqa_jax import erc, reports
+from crfiqa_jax import checkpoints, erc, inference, pairsets as bm, reports
 from crfiqa_jax.faces import ARCFACE_TEMPLATE, align, similarity_transform  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,6 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-  from crfiqa_jax import inference
-  from crfiqa_jax import pairsets as bm
   root = Path(args.root)
   names, tids, mids, pairs, labels = read_meta(root)
   source = None  # decoded and aligned on demand, streamed, when a model is asked for
@@ -147,7 +145,7 @@ def run(args) -> int:
     feats = np.stack([emb[bm.canonical(n)] for n in names])
   else:
     # Raw emb(img) + raw emb(flip), as the released eval_ijbc_qs.py (not normalised halves).
-    feats, _, failures = inference.extract(inference.load_predictor(args.fr, args.arch),
+    feats, _, failures = inference.extract(checkpoints.load_predictor(args.fr, args.arch),
                                            source, features="sum",
                                            batch_size=args.batch_size, desc="IJB-C FR")
     if failures:
@@ -157,7 +155,7 @@ def run(args) -> int:
     qt = bm.load_quality_csv(args.quality)
     quality = np.array([qt[bm.canonical(n)] for n in names])
   else:
-    quality = inference.extract(inference.load_predictor(args.quality, args.arch), source,
+    quality = inference.extract(checkpoints.load_predictor(args.quality, args.arch), source,
                                 features="none", batch_size=args.batch_size,
                                 desc="IJB-C quality")[1]
   result = evaluate(feats, quality, tids, mids, pairs, labels, pair_quality=args.pair_quality)

@@ -19,7 +19,8 @@ demo's held-out report):
 A *predictor* is any callable `predictor(uint8 [B, H, W, 3] RGB) → (embedding [B, D],
 quality [B])` with attributes `image_size`, `embedding_dim` and `batch_multiple` (the
 batch must be a multiple of it). `FlaxPredictor` is the Flax model on a device mesh; an
-exported ONNX model can serve through the same protocol (crfiqa_jax.export).
+exported ONNX model serves through the same protocol (crfiqa_jax.onnx_predictor), and
+crfiqa_jax.checkpoints.load_predictor picks one for any model path.
 """
 
 from __future__ import annotations
@@ -187,22 +188,6 @@ class FlaxPredictor:
   def __call__(self, images: np.ndarray):
     import jax
     return self._fn(self.variables, jax.device_put(images, self._split))
-
-  @classmethod
-  def from_checkpoint(cls, path, arch: str | None = None, **kw) -> "FlaxPredictor":
-    """From a training workdir, a converted model directory or a released .pth."""
-    from crfiqa_jax import convert
-    model, variables, info = convert.load_model(path, arch)
-    return cls(model, variables, image_size=info.get("image_size", 112), **kw)
-
-
-def load_predictor(path, arch: str | None = None):
-  """A predictor for `path`: an exported .onnx file (onnxruntime) or anything
-  convert.load_model reads (training workdir, converted directory, released .pth)."""
-  if str(path).endswith(".onnx"):
-    from crfiqa_jax import export
-    return export.OnnxPredictor(path)
-  return FlaxPredictor.from_checkpoint(path, arch)
 
 
 # ---------------------------------------------------------------------------------------
@@ -401,28 +386,3 @@ def _gather(quality, feats, failures, positions):
   for b, ln in zip(bufs, lens.reshape(-1)):
     merged.update({int(k): v for k, v in json.loads(bytes(b[:ln]).decode()).items()})
   return quality, feats, merged
-
-
-class Scorer:
-  """Quality (and FR features) of in-memory images with one model, for notebooks and tests.
-
-  `scorer(images uint8 [N, H, W, 3])` → quality [N]; `scorer.embed(images)` → (features
-  [N, 2D] as the released evaluation, quality [N]). Files go through `stream`/`extract`.
-  """
-
-  def __init__(self, predictor, *, batch_size: int = 64):
-    self.predictor = predictor
-    self.batch_size = batch_size
-    self.image_size = predictor.image_size
-
-  def __call__(self, images: np.ndarray) -> np.ndarray:
-    return self.embed(images, features="none")[1]
-
-  def embed(self, images: np.ndarray, features: str = "concat"):
-    feats, quality, _ = extract(self.predictor, array_source(images), features=features,
-                                batch_size=self.batch_size, progress=False, gather=False)
-    return feats, quality
-
-  @classmethod
-  def from_checkpoint(cls, path, arch: str | None = None, *, batch_size: int = 64) -> "Scorer":
-    return cls(load_predictor(path, arch), batch_size=batch_size)

@@ -31,6 +31,13 @@ STANDARD_FMRS = ("1e-3", "1e-4")
 STANDARD_LIMIT = 0.2
 
 
+def cosine(features: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """[N] cosine similarity of the pairs (features[a[i]], features[b[i]])."""
+  fa, fb = features[a], features[b]
+  num = np.einsum("ij,ij->i", fa, fb)
+  return num / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1))
+
+
 def pair_quality(qa, qb, how: str = "min") -> np.ndarray:
   """[N] pair quality from the two images' [N] qualities: min(qa, qb) or qa·qb (product only
   orders pairs sensibly for non-negative scores, e.g. OFIQ's 0–100 scale)."""

@@ -34,12 +34,39 @@ from typing import Sequence
 
 import numpy as np
 
-from crfiqa_jax import calibration, cli, engines, inference
+from crfiqa_jax import calibration, checkpoints, cli, engines, inference
 from crfiqa_jax.data.converters import IMAGE_EXTENSIONS
-from crfiqa_jax.inference import Scorer  # noqa: F401  (the Python API, re-exported)
 
 log = logging.getLogger(__name__)
 HEADER = ["path", "quality"]
+
+
+class Scorer:
+  """Quality (and FR features) of in-memory images with one model, for notebooks and tests.
+
+  `scorer(images uint8 [N, H, W, 3])` → quality [N]; `scorer.embed(images)` → (features
+  [N, 2D] as the released evaluation, quality [N]). Files go through crfiqa_jax.inference's `extract`.
+  """
+
+  def __init__(self, predictor, *, batch_size: int = 64):
+    self.predictor = predictor
+    self.batch_size = batch_size
+    self.image_size = predictor.image_size
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    return self.embed(images, features="none")[1]
+
+  def embed(self, images: np.ndarray, features: str = "concat"):
+    feats, quality, _ = inference.extract(
+        self.predictor, inference.array_source(images), features=features,
+        batch_size=self.batch_size, progress=False, gather=False)
+    return feats, quality
+
+  @classmethod
+  def from_checkpoint(cls, path, arch: str | None = None, *, batch_size: int = 64,
+                      engine: str = "auto") -> "Scorer":
+    """For any model path crfiqa_jax.checkpoints knows, on `engine` (crfiqa_jax.engines)."""
+    return cls(checkpoints.load_predictor(path, arch, engine), batch_size=batch_size)
 
 
 def list_inputs(spec: str | Path) -> list[str]:
@@ -130,7 +157,7 @@ def run(args) -> int:
   if not paths:
     raise ValueError(f"no images found in {args.input}")
   cal = calibration.load(args.checkpoint) if args.calibrated else None
-  predictor = engines.load_predictor(args.checkpoint, args.arch, args.engine)
+  predictor = checkpoints.load_predictor(args.checkpoint, args.arch, args.engine)
   if args.detect:  # raw photos: one row per photo (or per face), aligned on the fly
     from crfiqa_jax import faces
     rows = faces.FaceRows(paths, rule=args.face, all_faces=args.all_faces,

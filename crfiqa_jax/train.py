@@ -21,6 +21,7 @@ import optax
 
 from crfiqa_jax import (augment, checkpointing, input_pipeline, losses, models, optim, sharding,
                         warmstart)
+from crfiqa_jax.checkpoints import CHECKPOINTS_DIR, CONFIG_FILE
 from crfiqa_jax.data.records import read_info
 
 log = logging.getLogger(__name__)
@@ -325,8 +326,8 @@ def check_resume_config(config, workdir) -> None:
   """On resume, the workdir's config must describe the same model and data (one line,
   naming the key to change); a fresh workdir passes."""
   workdir = Path(workdir)
-  saved = workdir / "config.json"
-  if not saved.exists() or not (workdir / "checkpoints").exists():
+  saved = workdir / CONFIG_FILE
+  if not saved.exists() or not (workdir / CHECKPOINTS_DIR).exists():
     return
   old = json.loads(saved.read_text())
   now = {k: config[k] for k in RESUME_KEYS if k in config}
@@ -356,7 +357,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh=None) -> Trai
   num_classes, num_examples = dataset_facts(config)
   if is_main:  # lets score/evaluate/analyze rebuild the model from a workdir alone
     saved = json.loads(config.to_json_best_effort())
-    (workdir / "config.json").write_text(json.dumps({**saved, "num_classes": num_classes},
+    (workdir / CONFIG_FILE).write_text(json.dumps({**saved, "num_classes": num_classes},
                                                     indent=1))
   trainer = Trainer(config, num_classes=num_classes, num_examples=num_examples, mesh=mesh)
   if is_main:

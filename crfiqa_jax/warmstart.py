@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crfiqa_jax import convert, input_pipeline, sharding
+from crfiqa_jax import checkpoints, convert, input_pipeline, sharding
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ def load_init(state, config, trainer):
   """The fresh `state` with backbone, batch_stats and centres from config.init_checkpoint,
   placed with `trainer.state_shardings`. A checkpoint without a quality head (a plain
   ArcFace backbone) keeps the state's freshly initialised `qs`."""
-  _, variables, info = convert.load_model(config.init_checkpoint, config.model,
-                                          qs_optional=True)
+  _, variables, info = checkpoints.load_model(config.init_checkpoint, config.model,
+                                              qs_optional=True)
   if info["arch"] != config.model or info["embedding_dim"] != config.embedding_dim:
     raise ValueError(f"init_checkpoint {config.init_checkpoint} is {info['arch']} "
                      f"(embedding {info['embedding_dim']}), the config wants {config.model} "

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from crfiqa_jax import convert, models
+from crfiqa_jax import checkpoints, convert, models
 
 torch = pytest.importorskip("torch", reason="the [torch] extra is not installed")
 import torch_iresnet  # noqa: E402  (tests/torch_iresnet.py, needs torch)
@@ -62,7 +62,7 @@ def test_dataparallel_prefix_and_file_paths(tmp_path):
   a = convert.from_torch(path, "iresnet_tiny")
   b = convert.from_torch(ref.state_dict(), "iresnet_tiny")
   jax.tree.map(np.testing.assert_array_equal, a, b)
-  model, variables, info = convert.load_model(path)  # arch detected from block counts
+  model, variables, info = checkpoints.load_model(path)  # arch detected from block counts
   assert info["arch"] == "iresnet_tiny"
 
 
@@ -81,7 +81,7 @@ def test_convert_cli_and_reload(tmp_path):
   path = tmp_path / "w.pth"
   torch.save(ref.state_dict(), path)
   convert.main([f"--torch={path}", "--arch=iresnet_tiny", f"--out={tmp_path / 'out'}"])
-  model, variables, info = convert.load_model(tmp_path / "out")
+  model, variables, info = checkpoints.load_model(tmp_path / "out")
   assert info["arch"] == "iresnet_tiny"
   x = np.zeros((1, 112, 112, 3), np.float32)
   with torch.no_grad():
@@ -121,9 +121,9 @@ def test_plain_arcface_backbone_without_qs_when_asked(tmp_path):
                                 want["params"]["fc"]["kernel"])
   path = tmp_path / "arcface.pth"
   torch.save(sd, path)
-  _, _, info = convert.load_model(path, qs_optional=True)
+  _, _, info = checkpoints.load_model(path, qs_optional=True)
   assert info["has_qs"] is False
-  assert convert.load_model(tmp_path / "arcface.pth", "iresnet_tiny", qs_optional=True)[2][
+  assert checkpoints.load_model(tmp_path / "arcface.pth", "iresnet_tiny", qs_optional=True)[2][
       "arch"] == "iresnet_tiny"
 
 

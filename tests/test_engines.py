@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crfiqa_jax import convert, engines, export, inference, models, score
+from crfiqa_jax import checkpoints, convert, engines, export, inference, models, score
 
 pytest.importorskip("onnx", reason="onnx is not installed (the ONNX engine needs it)")
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
@@ -79,9 +79,9 @@ def test_onnxruntime_equals_jax_within_1e4(setup):
   emb_ref, q_ref = reference(model, variables, imgs)
   got = {}
   for engine in ("jax", "onnxruntime"):
-    pred = engines.load_predictor(ckpt, engine=engine)
+    pred = checkpoints.load_predictor(ckpt, engine=engine)
     assert pred.engine == engine and pred.image_size == SIZE and pred.embedding_dim == 16
-    got[engine] = inference.Scorer(pred, batch_size=8).embed(imgs, features="raw")
+    got[engine] = score.Scorer(pred, batch_size=8).embed(imgs, features="raw")
   for emb, q in got.values():
     assert np.abs(q - q_ref).max() / np.abs(q_ref).max() < 1e-4
     assert np.abs(emb - emb_ref).max() / np.abs(emb_ref).max() < 1e-4
@@ -93,7 +93,7 @@ def test_onnx_cache_is_reused_and_keyed_by_the_weights(setup, tmp_path, monkeypa
   model, variables, _, _, imgs = setup
   d = convert.save_inference(tmp_path / "m", variables, arch="iresnet_tiny",
                              embedding_dim=16, image_size=SIZE)
-  engines.load_predictor(d, engine="onnxruntime")
+  checkpoints.load_predictor(d, engine="onnxruntime")
   (first,) = (d / "onnx").glob("*.onnx")
   key = engines.weights_key(model, variables, {"arch": "iresnet_tiny", "image_size": SIZE})
   assert first.name == key[:20] + ".onnx"
@@ -101,7 +101,7 @@ def test_onnx_cache_is_reused_and_keyed_by_the_weights(setup, tmp_path, monkeypa
   def no_export(*a, **k):
     raise AssertionError("exported again although the weights did not change")
   monkeypatch.setattr(export, "onnx_model", no_export)
-  engines.load_predictor(d, engine="onnxruntime")
+  checkpoints.load_predictor(d, engine="onnxruntime")
   monkeypatch.undo()
 
   # One changed weight: a new key and a new file whose outputs follow the new weights.
@@ -109,16 +109,16 @@ def test_onnx_cache_is_reused_and_keyed_by_the_weights(setup, tmp_path, monkeypa
   changed["params"]["qs"]["bias"] = changed["params"]["qs"]["bias"] + 1.0
   d2 = convert.save_inference(tmp_path / "m2", changed, arch="iresnet_tiny",
                               embedding_dim=16, image_size=SIZE)
-  pred = engines.load_predictor(d2, engine="onnxruntime")
+  pred = checkpoints.load_predictor(d2, engine="onnxruntime")
   (second,) = (d2 / "onnx").glob("*.onnx")
   assert second.name != first.name
-  np.testing.assert_allclose(inference.Scorer(pred)(imgs), reference(model, changed, imgs)[1],
+  np.testing.assert_allclose(score.Scorer(pred)(imgs), reference(model, changed, imgs)[1],
                              rtol=1e-4, atol=1e-4)
 
   # A model folder that cannot be written: the cache directory instead.
   monkeypatch.setenv("CRFIQA_JAX_CACHE", str(tmp_path / "cache"))
   monkeypatch.setattr(engines, "_writable", lambda d: False)
-  engines.load_predictor(d, engine="onnxruntime")
+  checkpoints.load_predictor(d, engine="onnxruntime")
   assert [p.name for p in (tmp_path / "cache" / "onnx").glob("*.onnx")] == [first.name]
 
 
@@ -137,7 +137,7 @@ def _rows(path):
 @pytest.mark.parametrize("engine", ["jax", "onnxruntime"])
 def test_order_failures_resume_and_slices_hold(setup, tmp_path, engine):
   model, variables, ckpt, faces, imgs = setup
-  pred = engines.load_predictor(ckpt, engine=engine)
+  pred = checkpoints.load_predictor(ckpt, engine=engine)
   full = tmp_path / "full.csv"
   names, failures = _score(pred, faces, full)
   rows = _rows(full)

@@ -127,3 +127,24 @@ def test_cli_errors_are_clear(bench, capsys):
     evaluate.main([f"--benchmark={root}", "--quality=random", f"--fr={tmp / 'fr.npz'}",
                    f"--out={tmp / 'o'}", "--pair-quality=mean"])
   assert "invalid choice: 'mean'" in capsys.readouterr().err
+
+
+def test_onnx_quality_source_equals_the_flax_model_it_came_from(bench):
+  """An .onnx quality PATH runs in onnxruntime (not read as a scores CSV): its ERC equals the
+  one of the exported directory holding the same weights."""
+  pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
+  import jax
+
+  from crfiqa_jax import convert, export, models
+  root, tmp = bench
+  model = models.create_model("iresnet_tiny")
+  variables = model.init(jax.random.key(4), np.zeros((1, 112, 112, 3), np.float32))
+  info = {"arch": "iresnet_tiny", "embedding_dim": 64, "image_size": 112}
+  (tmp / "m.onnx").write_bytes(export.onnx_model(model, variables, info).SerializeToString())
+  convert.save_inference(tmp / "flax", variables, arch="iresnet_tiny", embedding_dim=64)
+  res = evaluate.run_report([f"toy={root}"], [f"onnx={tmp / 'm.onnx'}", f"flax={tmp / 'flax'}"],
+                            [f"arc={tmp / 'fr.npz'}"], tmp / "out", fmrs=["1e-2"], batch_size=8)
+  erc = res["toy"]["arc"]["erc"]["fixed"]["1e-2"]
+  assert res["toy"]["arc"]["pairs_used"] == 120
+  np.testing.assert_allclose(erc["onnx"]["fnmr"], erc["flax"]["fnmr"])
+  assert erc["onnx"]["auc"] == pytest.approx(erc["flax"]["auc"])

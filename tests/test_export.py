@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crfiqa_jax import convert, export, models
+from crfiqa_jax import checkpoints, convert, export, models, onnx_predictor
 from crfiqa_jax.data import records, synthetic
 
 onnx = pytest.importorskip("onnx", reason="the [export] extra is not installed")
@@ -73,7 +73,7 @@ def test_onnx_and_stablehlo_equal_jax(arch, images, tmp_path):
 
   path = tmp_path / "m.onnx"
   path.write_bytes(export.onnx_model(model, variables, info).SerializeToString())
-  pred = export.OnnxPredictor(path)
+  pred = onnx_predictor.OnnxPredictor(path)
   assert (pred.image_size, pred.embedding_dim, pred.batch) == (112, 32, None)
   for sl in (slice(0, 7), slice(0, 1), slice(5, 6)):  # batch 7 and 1 from one file
     assert_close(*pred(images[sl]), emb_ref[sl], q_ref[sl])
@@ -119,7 +119,7 @@ def test_nhwc_quality_only_and_fixed_batch(images, tmp_path):
   path = tmp_path / "q.onnx"
   path.write_bytes(export.onnx_model(model, variables, _info("iresnet_tiny", model), batch=3,
                                      layout="nhwc", outputs=("quality",)).SerializeToString())
-  pred = export.OnnxPredictor(path)
+  pred = onnx_predictor.OnnxPredictor(path)
   assert (pred.batch, pred.embedding_dim, pred.nchw) == (3, 0, False)
   emb, q = pred(images)  # 7 images: chunks of 3, the last padded
   assert emb.shape == (7, 0)
@@ -154,7 +154,7 @@ def test_onnx_from_released_pth_equals_pytorch(tmp_path, images, capsys):
   with torch.no_grad():
     x = torch.from_numpy(((images.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2))
     emb_t, q_t = (t.numpy() for t in ref(x))
-  assert_close(*export.OnnxPredictor(out)(images), emb_t, q_t)
+  assert_close(*onnx_predictor.OnnxPredictor(out)(images), emb_t, q_t)
 
 
 def test_cli_without_extra_prints_install_hint(monkeypatch, capsys, tmp_path):
@@ -168,7 +168,7 @@ def test_cli_without_extra_prints_install_hint(monkeypatch, capsys, tmp_path):
   monkeypatch.setattr(builtins, "__import__", fake_import)
   rc = export.main(["--checkpoint=/nonexistent", "--format=onnx", f"--output={tmp_path}/m"])
   err = capsys.readouterr().err.strip().splitlines()
-  assert rc == 2 and len(err) == 1 and "pip install 'crfiqa_jax[export]'" in err[0]
+  assert rc == 2 and len(err) == 1 and 'pip install "crfiqa_jax[export]"' in err[0]
 
 
 def test_cli_bad_outputs_is_one_line_error(capsys, tmp_path):
@@ -195,7 +195,7 @@ def test_score_cli_runs_the_onnx_file_alone(tmp_path, images, monkeypatch):
   def no_flax(*a, **k):
     raise AssertionError("scoring an .onnx file must not build the Flax model")
 
-  monkeypatch.setattr(convert, "load_model", no_flax)
+  monkeypatch.setattr(checkpoints, "load_model", no_flax)
   monkeypatch.setattr(models, "create_model", no_flax)
   out = tmp_path / "q.csv"
   assert score.main([f"--checkpoint={path}", f"--input={tmp_path / 'faces'}",
@@ -208,7 +208,7 @@ def test_score_cli_runs_the_onnx_file_alone(tmp_path, images, monkeypatch):
 def test_predictor_refuses_a_broken_file(tmp_path):
   (tmp_path / "bad.onnx").write_bytes(b"not a protobuf")
   with pytest.raises(ValueError, match="not a model onnxruntime can load"):
-    export.OnnxPredictor(tmp_path / "bad.onnx")
+    onnx_predictor.OnnxPredictor(tmp_path / "bad.onnx")
 
 
 def test_bf16_model_exports_float32(images):

@@ -129,7 +129,7 @@ def test_erc_uses_unweighted_templates_and_the_released_algorithm():
 def test_cli_sums_raw_embeddings_of_image_and_flip(tmp_path, monkeypatch):
   """A model FR input goes through inference.extract(features="sum"): raw emb + raw flip,
   the released eval_ijbc_qs.py's feature (normalised halves would drop the norms)."""
-  from crfiqa_jax import inference
+  from crfiqa_jax import checkpoints, inference
   raw, raw_flip = np.array(FEATS) * [[3.0], [1], [0.2], [1], [5]], np.array(FEATS)[:, ::-1]
   asked = {}
 
@@ -140,7 +140,7 @@ def test_cli_sums_raw_embeddings_of_image_and_flip(tmp_path, monkeypatch):
     return None, QUAL.astype(np.float32), {}
 
   monkeypatch.setattr(inference, "extract", fake_extract)
-  monkeypatch.setattr(inference, "load_predictor", lambda path, arch=None: object())
+  monkeypatch.setattr(checkpoints, "load_predictor", lambda path, arch=None: object())
   monkeypatch.setattr(ijbc, "aligned_source", lambda root, names: names)
   meta = tmp_path / "meta"
   meta.mkdir()

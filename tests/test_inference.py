@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crfiqa_jax import analyze, convert, experiment, inference, main, models, sharding, train
+from crfiqa_jax import (analyze, checkpoints, convert, experiment, inference, main, models,
+                        sharding, train)
 from crfiqa_jax.data import synthetic
 from conftest import random_variables, xla_flags
 from test_train import TINY
@@ -217,9 +218,8 @@ def test_resume_on_another_device_count(tiny_records, tmp_path):
   a["centres"] = a["centres"][:, :10]
   for (k, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6, err_msg=jax.tree_util.keystr(k))
-  # restore_raw (score, analyze) reads it whatever wrote it.
-  _, state, step = __import__("crfiqa_jax.checkpointing").checkpointing.restore_raw(
-      tmp_path / "a")
+  # read_workdir (score, analyze) reads it whatever wrote it.
+  _, state, step = checkpoints.read_workdir(tmp_path / "a")
   assert step == 4 and state["params"]["centres"].shape == (32, 12)
 
 

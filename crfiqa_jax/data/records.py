@@ -193,6 +193,12 @@ class RecordSource:
   def __getitems__(self, indices: Sequence[int]) -> list[dict]:
     return [self[i] for i in indices]
 
+  def labels_and_metadata(self) -> tuple[np.ndarray, list[dict]]:
+    """Labels [N] and per-record metadata dicts, read without decoding any image."""
+    recs = [self[i] for i in range(len(self))]
+    return (np.array([r["label"] for r in recs], np.int64),
+            [json.loads(r["metadata"] or "{}") for r in recs])
+
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
   result = shift = 0
@@ -406,7 +412,7 @@ def open_pairs(path: str | Path, split: str = "test") -> PairSet:
   if pairs is None:
     raise ValueError(f"{path} split {split!r} has no pairs (metadata '{split}_pairs')")
   if pairs == "all":
-    labels = np.array([images.source[i]["label"] for i in range(len(images))])
+    labels = images.source.labels_and_metadata()[0]
     a, b = np.triu_indices(len(labels), k=1)
     return PairSet(images, a, b, labels[a] == labels[b])
   arr = np.asarray(pairs, np.int64).reshape(-1, 3)
