@@ -116,7 +116,9 @@ def main():
   for k, q in (("float32", q32), ("int8", q8v)):
     fnmr = erc.error_versus_reject(sim, genuine, np.minimum(q[idx][a], q[idx][b]), fmr=1e-3,
                                    reject_ratios=ratios)
-    print(f"  {k:8s} AUC {erc.erc_auc(ratios, fnmr):.5f} | " + " ".join(f"{v:.4f}" for v in fnmr))
+    ok = np.isfinite(fnmr)  # a ratio can leave no genuine pair
+    print(f"  {k:8s} AUC {erc.erc_auc(ratios[ok], fnmr[ok]):.5f} | "
+          + " ".join(f"{v:.4f}" for v in fnmr))
 
 
 if __name__ == "__main__":
