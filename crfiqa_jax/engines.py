@@ -18,9 +18,9 @@ against float32; benchmarks/int8.py, docs/engines.md).
 
 The ONNX file is exported once per set of weights and cached (`onnx_file`): beside the
 model when its folder is writable, else in `cache_dir()`. Its name holds `weights_key`, a
-hash of every variable's path, dtype, shape and bytes plus the architecture and the
-exporter's `FORMAT`, so changed weights (a new checkpoint step, a re-converted .pth) get
-a new file, never a stale one. A fresh float32 export is checked against the JAX model on
+hash of every variable's path, dtype, shape and bytes, the architecture and the source of
+crfiqa_jax/export.py and crfiqa_jax/models.py, so changed weights (a new checkpoint step, a
+re-converted .pth) or a changed exporter get a new file, never a stale one. A fresh float32 export is checked against the JAX model on
 random inputs (max relative difference ≤ 1e-4) before it is used.
 """
 
@@ -37,7 +37,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "jax", "onnxruntime")
-FORMAT = "1"            # bump when export.onnx_model's graph changes: old caches go unused
+FORMAT = "1"  # part of every cache key, with the exporter's and the models' source
 TOLERANCE = 1e-4
 
 
@@ -79,10 +79,14 @@ def _exportable(model) -> bool:
 
 
 def weights_key(model, variables, info: dict) -> str:
-  """32 hex digits identifying the eval-mode function: architecture, input size, exporter
-  format and every variable (path, dtype, shape, bytes)."""
+  """32 hex digits identifying the exported function: architecture, input size, the source
+  of the exporter and of the models, and every variable (path, dtype, shape, bytes)."""
   import jax
+
+  from crfiqa_jax import export, models
   h = hashlib.blake2b(digest_size=16)
+  for module in (export, models):
+    h.update(Path(module.__file__).read_bytes())
   h.update(repr((FORMAT, str(info.get("arch")), tuple(model.stage_sizes), tuple(model.widths),
                  int(model.embedding_dim), int(info.get("image_size", 112)))).encode())
   leaves = jax.tree_util.tree_flatten_with_path(
