@@ -9,8 +9,9 @@
 * `auto` (the default) — onnxruntime when JAX's backend is the CPU, onnxruntime is
   installed and the model is an iResNet; JAX otherwise (GPU and TPU hosts).
 
-On a 2-core Intel Xeon (AVX-512, AMX), iResNet50 at batch 32, one process, idle machine:
-onnxruntime 1.25× PyTorch eager, JAX 0.84× (docs/engines.md has the figures and commands).
+On a 2-core Intel Xeon (AVX-512, AMX), iResNet50, batch 32: the forward 1.3× JAX's and on
+par with PyTorch's (1.01–1.04×); `score` end to end on 2,000 aligned JPEGs 1.7× the JAX
+engine and 1.25× a plain PyTorch loop (docs/engines.md has the figures and commands).
 
 An int8 engine (onnxruntime's static quantisation) was measured and left out: 2.1× faster
 on iResNet50, but its quality ranking on real faces fell short (Spearman 0.993–0.996
