@@ -14,8 +14,8 @@ under each quality vector: all genuine pairs plus up to --pairs random impostor 
 similarity = cosine of the float32 embeddings, FNMR at FMR 1e-3 (recomputed thresholds,
 the released script's) per reject ratio, and its AUC.
 
-Measured with the project's demo model (docs/engines.md): Spearman 0.993–0.996 whatever
-the calibration, below the bar; int8 is therefore not an engine of crfiqa_jax.
+Measured with the demo model and a CelebA-trained one (docs/engines.md): Spearman 0.995
+and 0.9989, below the bar; int8 is therefore not an engine of crfiqa_jax.
 """
 
 import argparse

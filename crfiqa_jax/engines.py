@@ -13,9 +13,9 @@ On a 2-core Intel Xeon (AVX-512, AMX), iResNet50, batch 32: the forward 1.3× JA
 par with PyTorch's (1.01–1.04×); `score` end to end on 2,000 aligned JPEGs 1.7× the JAX
 engine and 1.25× a plain PyTorch loop (docs/engines.md has the figures and commands).
 
-An int8 engine (onnxruntime's static quantisation) was measured and left out: 2.1× faster
-on iResNet50, but its quality ranking on real faces fell short (Spearman 0.993–0.996
-against float32; benchmarks/int8.py, docs/engines.md).
+An int8 engine (onnxruntime's static quantisation) was measured and left out: 1.5× faster
+on iResNet50, but the quality ranking of the trained models on real faces fell short
+(Spearman 0.995 and 0.9989 against float32, bar 0.999; benchmarks/int8.py, docs/engines.md).
 
 The ONNX file is exported once per set of weights and cached (`onnx_file`): beside the
 model when its folder is writable, else in `cache_dir()`. Its name holds `weights_key`, a
