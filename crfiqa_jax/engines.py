@@ -21,8 +21,9 @@ The ONNX file is exported once per set of weights and cached (`onnx_file`): besi
 model when its folder is writable, else in `cache_dir()`. Its name holds `weights_key`, a
 hash of every variable's path, dtype, shape and bytes, the architecture and the source of
 crfiqa_jax/export.py and crfiqa_jax/models.py, so changed weights (a new checkpoint step, a
-re-converted .pth) or a changed exporter get a new file, never a stale one. A fresh float32 export is checked against the JAX model on
-random inputs (max relative difference ≤ 1e-4) before it is used.
+re-converted .pth) or a changed exporter get a new file, never a stale one. A new export
+is checked against the JAX model on random inputs (max relative difference ≤ 1e-4) before
+it is used.
 """
 
 from __future__ import annotations
