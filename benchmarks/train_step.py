@@ -103,7 +103,8 @@ def bench_torch(arch, batch, steps, classes, threads, device="cpu", dtype="float
   fmt = torch.contiguous_format if variant == "eager" else torch.channels_last
   model = model.to(memory_format=fmt)
   net = torch.compile(model) if variant == "compile" else model
-  centres = torch.nn.Parameter(torch.randn(512, classes, device=dev) * 0.01)
+  dim = model.features.num_features  # the embedding width (512; 64 for iresnet_tiny)
+  centres = torch.nn.Parameter(torch.randn(dim, classes, device=dev) * 0.01)
   opt_b = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
   opt_h = torch.optim.SGD([centres], lr=0.1, momentum=0.9, weight_decay=5e-4)
   x = torch.randn(batch, 3, 112, 112, device=dev).contiguous(memory_format=fmt)
