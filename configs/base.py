@@ -40,7 +40,6 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Loss (paper eqs. 1-6). ---
   c.scale = 64.0             # ArcFace s
   c.margin = 0.5             # ArcFace m
-  c.margin_ramp_epochs = 0.0  # m grows linearly from 0 over these epochs (demo only; off)
   c.margin_fallback = False  # insightface's θ+m>π guard; the released CR-FIQA code has none
   c.lambda_cr = 10.0         # λ in L = L_Arc + λ·L_CR
   c.cr_form = "paper"        # "paper": CCS/(NNCCS+1+ε); "code": released CCS/NNCCS
@@ -57,11 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_epochs = 34
   c.lr_decay_epochs = (19, 27, 31)  # ×0.1 after this many epochs (released: MILESTONES
                                     # [20, 28, 32] decay after m-1 epochs; configs/small.py)
-  c.warmup_epochs = 0.0      # linear lr warmup (demo only; the released recipe has none)
   c.total_steps = 0          # 0 = num_epochs × steps per epoch
   c.trainable = "all"        # "all", or "qs": only the quality head ("on top" ablation)
-  c.freeze_embedding_scale = False  # keep the embedding BN's γ at 1 (insightface ArcFace;
-                                    # the released CR-FIQA trains it): demo lever
   c.init_checkpoint = ""     # backbone to start from: .pth, exported dir or workdir
   c.init_centres = "auto"    # with init_checkpoint: "auto" (the checkpoint's own, else class
                              # means), "means", "random" or head file(s) (crfiqa_jax.warmstart)

@@ -7,7 +7,8 @@
 Expects the insightface MS1MV2 package ("faces_emore": train.rec/train.idx/property)
 converted with `prepare`. The released recipe, step for step: global batch 512, SGD lr 0.1,
 11,372 steps per epoch, ×0.1 after 7 and 13 epochs (steps 79,604 / 147,836: the released
-MILESTONES [8, 14, 20, 25] under LambdaLR decay at the start of epoch m-1, REFERENCE §3).
+MILESTONES [8, 14, 20, 25] under LambdaLR decay at the start of epoch m-1: lr_step_func in
+the released CR-FIQA config.py).
 
 Length: 16 epochs = 181,952 steps. The released CR-FIQA(L) weights are the step-181,952
 checkpoint, so this config stops where the published model stops (the paper's "stop at

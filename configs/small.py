@@ -9,7 +9,7 @@ with `prepare`. The released recipe, step for step: global batch 512, SGD lr 0.1
 of 958 steps = 32,572 steps (the released CR-FIQA(S) checkpoint is step 32,572), ×0.1 after
 19, 27 and 31 epochs (steps 18,202 / 25,866 / 29,698). The released code's MILESTONES are
 [20, 28, 32], but its lr_step_func under LambdaLR, stepped once per epoch from epoch 0,
-applies decay m at the start of epoch m-1 (REFERENCE §3); the paper's "20K/28K/32K" rounds.
+applies decay m at the start of epoch m-1 (the released config.py); the paper's "20K/28K/32K" rounds.
 On 4 A100s roughly a day. Quality = the `qs` output; evaluate with
 `python -m crfiqa_jax.evaluate`.
 """

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crfiqa_jax import checkpoints
+from crfiqa_jax import checkpoints, cli, engines, inference, losses, reports
+from crfiqa_jax.data.records import RecordSource, read_info
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ def load_workdir(path: str | Path):
 def sample_stats(embeddings: np.ndarray, labels: np.ndarray, centres: np.ndarray,
                  num_classes: int, cr_form: str = "paper", chunk: int = 4096):
   """(ccs, nnccs, cr) per sample against the first `num_classes` centres."""
-  from crfiqa_jax import losses
   w = centres[:, :num_classes]
   w = w / np.linalg.norm(w, axis=0, keepdims=True)
   x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
@@ -108,8 +108,6 @@ def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 25
             split: str = "train", engine: str = "auto") -> dict:
   """Streams `data` through the model once; keeps per-image CCS/NNCCS/CR and only the
   embeddings of images in the sampled pairs (memory independent of the set's size)."""
-  from crfiqa_jax import engines, inference, reports
-  from crfiqa_jax.data.records import RecordSource, read_info
   model, variables, centres, cfg = load_workdir(workdir)
   num_classes = int(read_info(data).get("num_classes", 0))
   labels = RecordSource(data, split).labels_and_metadata()[0]
@@ -187,7 +185,6 @@ def _plot_distributions(ccs, nnccs, cr, path):
 
 
 def main(argv=None) -> int:
-  from crfiqa_jax import cli
   p = cli.parser("crfiqa_jax.analyze", __doc__,
                  "python -m crfiqa_jax.analyze --checkpoint=runs/crfiqa_s --data=/data/casia")
   p.add_argument("--checkpoint", required=True, help="training workdir")
@@ -195,7 +192,6 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=None, help="default: CHECKPOINT/analysis")
   p.add_argument("--pairs", type=int, default=50_000)
   p.add_argument("--batch-size", type=int, default=256)
-  from crfiqa_jax import engines
   engines.add_argument(p)
   args = p.parse_args(argv)
   cli.quiet_logging()

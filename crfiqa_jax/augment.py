@@ -1,4 +1,4 @@
-"""On-device image degradations for IG-FIQA's augmented copy (REFERENCE §4).
+"""On-device image degradations for IG-FIQA's augmented copy (the IG-FIQA paper).
 
 IG-FIQA feeds its quality regressor an augmented copy of each batch so that it sees
 low-quality faces the training set lacks: rescaling, random erasing, colour jitter (the
@@ -9,7 +9,7 @@ inside the jitted train step, sharded with the batch, and a resumed run draws th
 augmentations (the key is folded from the step).
 
 Images are float32 [B, H, W, 3] on the 0-255 scale in and out (uint8 input is accepted);
-`input_pipeline.normalize` maps them to [-1, 1] afterwards.
+`models.normalize` maps them to [-1, 1] afterwards.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-_LUMA = jnp.array([0.299, 0.587, 0.114], jnp.float32)  # ITU-R 601, as torchvision
+# ITU-R 601, as torchvision; numpy, so that importing this module starts no jax backend
+# (jax.distributed.initialize must come first on several processes).
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,14 +16,13 @@ calibrated column with enough digits if you rank by it.
 Stored beside the model as JSON: DIR/calibration.json for a checkpoint folder,
 FILE.pth.calibration.json for a .pth file. Fit from a scores CSV of a reference set:
 
-    python -m crfiqa_jax.score --checkpoint=CKPT --input=REFERENCE_FACES --output=ref.csv
+    python -m crfiqa_jax.score --checkpoint=CKPT --input=reference_faces/ --output=ref.csv
     python -m crfiqa_jax.calibration --checkpoint=CKPT --reference=ref.csv
     python -m crfiqa_jax.score --checkpoint=CKPT --input=FACES --output=q.csv --calibrated
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -32,6 +31,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from crfiqa_jax import cli
 
 FILE_NAME = "calibration.json"
 
@@ -102,23 +103,23 @@ def read_scores(path: str | Path) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m crfiqa_jax.calibration",
-                              description="Fits the 0–100 map of a model's quality and "
-                                          "stores it beside the model.")
+  """Exit code per crfiqa_jax.cli: 0 stored, 2 a usage or input error."""
+  p = cli.parser("crfiqa_jax.calibration",
+                 "Fits the 0–100 map of a model's quality and stores it beside the model.",
+                 "python -m crfiqa_jax.calibration --checkpoint=CKPT --reference=ref.csv")
   p.add_argument("--checkpoint", required=True, help="the model the scores came from")
   p.add_argument("--reference", required=True, help="scores CSV of a reference set")
   args = p.parse_args(argv)
-  try:
+
+  def body():
     if not Path(args.checkpoint).exists():
       raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
     cal = fit(read_scores(args.reference), reference=str(args.reference))
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  path_for(args.checkpoint).write_text(cal.to_json() + "\n")
-  print(f"median {cal.median:.6g}, scale {cal.scale:.6g} from {cal.num_reference} faces "
-        f"→ {path_for(args.checkpoint)}", file=sys.stderr)
-  return 0
+    path_for(args.checkpoint).write_text(cal.to_json() + "\n")
+    print(f"median {cal.median:.6g}, scale {cal.scale:.6g} from {cal.num_reference} faces "
+          f"→ {path_for(args.checkpoint)}", file=sys.stderr)
+
+  return cli.run(body)
 
 
 if __name__ == "__main__":

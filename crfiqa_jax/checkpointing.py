@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from crfiqa_jax.checkpoints import CHECKPOINTS_DIR

@@ -29,12 +29,12 @@ MODEL_FILE = convert.MODEL_FILE    # an exported directory: named beside its wri
 VARIABLES_DIR = convert.VARIABLES_DIR
 TORCH_SUFFIXES = (".pth", ".pt")
 ONNX_SUFFIX = ".onnx"
-KINDS_TEXT = ("a training workdir (config.json + checkpoints/), an exported model directory "
-              "(model.json), a released PyTorch .pth/.pt or an .onnx file")
+KINDS_TEXT = (f"a training workdir ({CONFIG_FILE} + {CHECKPOINTS_DIR}/), an exported model "
+              f"directory ({MODEL_FILE}), a released PyTorch .pth/.pt or an .onnx file")
 
 
 def model_kind(path) -> str | None:
-  """"workdir", "exported", "torch", "onnx", or None when `path` is none of these."""
+  """The kind of `path`: "workdir", "exported", "torch", "onnx", or None (none of these)."""
   p = Path(path)
   if p.suffix.lower() in TORCH_SUFFIXES:
     return "torch"

@@ -1,6 +1,12 @@
-"""What every command line shares: a parser whose --help ends with an example, quiet
-logging (our progress at INFO, the libraries' chatter from WARNING), and one mapping from
-the errors a user can fix to `error: ...` on stderr and exit code 2."""
+"""What every command line (`python -m crfiqa_jax.*`) shares: a parser whose --help ends
+with an example, quiet logging (our progress at INFO, the libraries' chatter from WARNING),
+and one exit-code contract:
+
+  0  all went well;
+  1  some inputs failed (each named on stderr) and the rest were done;
+  2  a usage, config or data error: exactly one `error: ...` line on stderr naming the file
+     or the flag / --config.key to change, and no traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ import argparse
 import logging
 import pickle
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
+
 
 class MissingExtra(ImportError, ValueError):
   """An optional extra is not installed; the message names the pip command. A ValueError
@@ -32,12 +39,49 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError,
                pickle.UnpicklingError, NotADirectoryError, IsADirectoryError)
 
 
-def parser(prog: str, doc: str, example: str) -> argparse.ArgumentParser:
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse, with a usage error reported as one `error: ...` line and exit code 2."""
+
+  def error(self, message):
+    fail(f"{message} (see {self.prog} --help)")
+
+
+def report(message) -> int:
+  """Prints `message` as one `error: ...` line on stderr; returns the exit code 2."""
+  lines = [ln.strip() for ln in str(message).strip().splitlines() if ln.strip()]
+  print(f"error: {' '.join(lines)}", file=sys.stderr, flush=True)
+  return 2
+
+
+def fail(message) -> NoReturn:
+  """One `error: ...` line on stderr, then exit code 2."""
+  raise SystemExit(report(message))
+
+
+def parser(prog: str, doc: str, example: str) -> ArgumentParser:
   """`doc`'s first paragraph as the description; `example` shown at the end of --help."""
-  return argparse.ArgumentParser(
+  return ArgumentParser(
       prog=f"python -m {prog}", description=doc.strip().split("\n\n")[0],
       epilog="example:\n  " + example.strip().replace("\n", "\n  "),
       formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_process_flags(p: argparse.ArgumentParser):
+  """The flags of a run on several processes (jax.distributed): see `init_processes`."""
+  p.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() (TPU pods, SLURM, or with --coordinator)")
+  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-process)")
+  p.add_argument("--num_processes", type=int, default=None, help="number of processes")
+  p.add_argument("--process_id", type=int, default=None, help="this process's index")
+
+
+def init_processes(args):
+  """jax.distributed.initialize() when the flags of `add_process_flags` ask for it; before
+  any jax computation."""
+  if args.distributed or args.coordinator:
+    import jax
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
 
 
 def quiet_logging(level: int = logging.INFO):
@@ -54,12 +98,12 @@ def quiet_logging(level: int = logging.INFO):
 
 
 def run(fn: Callable[[], int | None]) -> int:
-  """Runs a CLI body; a user error becomes one `error: ...` line and exit code 2."""
+  """Runs a CLI body: its return value (None = 0) is the exit code; a user error becomes
+  one `error: ...` line and exit code 2."""
   try:
     rc = fn()
   except USER_ERRORS as e:
     logging.getLogger("crfiqa_jax").debug("traceback", exc_info=True)
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
+    return report(msg)
   return 0 if rc is None else int(rc)

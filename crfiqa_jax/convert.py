@@ -3,10 +3,14 @@
     python -m crfiqa_jax.convert --torch=181952backbone.pth --arch=iresnet100 --out=DIR
 
 `from_torch(path_or_state_dict, arch)` maps every tensor of an insightface/CR-FIQA iResNet
-state_dict onto `models.IResNet*` variables: conv OIHW → HWIO, Linear (out, in) → (in, out),
-the FC weight permuted from PyTorch's (C, H, W) flatten order to our (H, W, C), BatchNorm
-weight/bias/running stats → scale/bias/mean/var, PReLU slopes, the `qs` quality head. It is
-strict: every tensor is used exactly once and every shape checked.
+state_dict onto `models.IResNet*` variables by walking the model's layer plan
+(models.layer_plan names each layer's PyTorch module): conv OIHW → HWIO, Linear (out, in) →
+(in, out), the FC weight permuted from PyTorch's (C, H, W) flatten order to our (H, W, C)
+(models.fc_kernel_order), BatchNorm weight/bias/running stats → scale/bias/mean/var, PReLU
+slopes, the `qs` quality head. It is strict: every tensor is used exactly once and every
+shape checked. `load_torch` adds the architecture's detection; crfiqa_jax.checkpoints loads
+every other kind of model path. The CLI writes an exported model directory
+(`save_inference`).
 
 `.pth` files are read with `torch.load(weights_only=True)` when torch is installed, else by
 `read_pth`, a reader of PyTorch's zip format whose unpickler rebuilds tensors from the
@@ -18,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import re
 import sys
 import zipfile
 from pathlib import Path
@@ -26,7 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from crfiqa_jax import models
+from crfiqa_jax import cli, models
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
@@ -224,27 +227,20 @@ def _centres_of(obj, path, d: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 _LEAF = {"kernel": "weight", "scale": "weight", "alpha": "weight", "bias": "bias",
-         "mean": "running_mean", "var": "running_var"}
+         "mean": "running_mean", "var": "running_var"}  # Flax leaf → PyTorch tensor name
 
 
-def _torch_key(path: tuple[str, ...]) -> str:
-  module, *rest = path
-  m = re.fullmatch(r"layer(\d+)_(\d+)", module)
-  parts = [f"layer{m[1]}.{m[2]}"] if m else [module]
-  for p in rest[:-1]:
-    parts.append({"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(p, p))
-  parts.append(_LEAF[rest[-1]])
-  return ".".join(parts)
+def _module_names(plan) -> set[str]:
+  """The released PyTorch module names of a layer plan's residual stages."""
+  return {layer.torch for _, layer in models.walk(plan) if layer.torch.startswith("layer")}
 
 
 def detect_arch(state_dict: Mapping[str, Any]) -> str | None:
-  """The arch whose block counts match the state_dict's layer keys, if any."""
-  counts = []
-  for i in range(1, 5):
-    blocks = {int(m[1]) for k in state_dict if (m := re.match(rf"layer{i}\.(\d+)\.", k))}
-    counts.append(len(blocks))
-  for name, fn in models.ARCHS.items():
-    if tuple(fn.keywords["stage_sizes"]) == tuple(counts):
+  """The arch whose residual stages have exactly the state_dict's `layer…` modules, if any."""
+  have = {k.rsplit(".", 1)[0] for k in _strip_prefix(state_dict) if k.startswith("layer")
+          and not k.endswith("num_batches_tracked")}
+  for name in models.ARCHS:
+    if _module_names(models.create_model(name).plan()) == have:
       return name
   return None
 
@@ -278,27 +274,34 @@ def from_torch(path_or_state_dict, arch: str, *, image_size: int = 112,
       jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
   used: set[str] = set()
   missing, bad_shapes = [], []
-  widths = model.widths
+  layers, flat_in = {}, {}  # Flax module path → plan layer; dense after a flatten → channels
+  channels = None
+  for path, layer in models.walk(model.plan() + (models.QUALITY_HEAD,)):
+    layers[path] = layer
+    if layer.op == "flatten":
+      channels = layer.features
+    elif layer.op == "dense" and channels is not None:
+      flat_in[path], channels = channels, None
 
   def convert(collection, path, leaf):
     names = tuple(getattr(k, "key", str(k)) for k in path)
-    key = _torch_key(names)
+    layer = layers[names[:-1]]
+    key = f"{layer.torch}.{_LEAF[names[-1]]}"
     if key not in sd:
       missing.append(key)
       return np.zeros(leaf.shape, leaf.dtype)
     t = sd[key].astype(np.float32)
     used.add(key)
-    if names[-1] == "kernel" and t.ndim == 4:
-      t = t.transpose(2, 3, 1, 0)  # OIHW → HWIO
-    elif names[0] == "fc" and names[-1] == "kernel":
-      c = widths[-1]
-      side = int(round((t.shape[1] // c) ** 0.5))
-      if side * side * c != t.shape[1]:
-        bad_shapes.append(f"{key}: {t.shape} does not flatten a {c}-channel square map")
-        return np.zeros(leaf.shape, leaf.dtype)
-      t = t.reshape(t.shape[0], c, side, side).transpose(2, 3, 1, 0).reshape(-1, t.shape[0])
-    elif names[-1] == "kernel":
-      t = t.T  # Linear (out, in) → (in, out)
+    try:
+      if layer.op == "conv":
+        t = t.transpose(2, 3, 1, 0)  # OIHW → HWIO
+      elif layer.op == "dense" and t.ndim == 2:
+        t = t.T  # Linear (out, in) → (in, out)
+        if names[:-1] in flat_in:  # PyTorch flattened (C, H, W); this model (H, W, C)
+          t = models.fc_kernel_order(t, flat_in[names[:-1]], to="flax")
+    except ValueError as e:
+      bad_shapes.append(f"{key}: {e}")
+      return np.zeros(leaf.shape, leaf.dtype)
     if t.shape != leaf.shape:
       bad_shapes.append(f"{key}: file {t.shape} vs model {leaf.shape}")
       return np.zeros(leaf.shape, leaf.dtype)
@@ -359,8 +362,8 @@ def save_inference(out_dir: str | Path, variables: dict, *, arch: str, embedding
   return out
 
 
-def main(argv=None):
-  from crfiqa_jax import cli
+def main(argv=None) -> int:
+  """Exit code per crfiqa_jax.cli: 0 written, 2 a usage or input error."""
   p = cli.parser("crfiqa_jax.convert", __doc__,
                  "python -m crfiqa_jax.convert --torch=181952backbone.pth --arch=iresnet100 "
                  "--out=crfiqa_l")
@@ -383,10 +386,8 @@ def main(argv=None):
     n = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
     print(f"Converted {args.torch} ({info['arch']}, {n:,} parameters) → {out}")
 
-  rc = cli.run(body)
-  if rc:
-    sys.exit(rc)
+  return cli.run(body)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

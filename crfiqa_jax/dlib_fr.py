@@ -2,7 +2,7 @@
 
 The paper ranks quality with FR models other than the one it trained with; dlib's model is
 one that installs offline (optional extra [dlib]: dlib-bin + face-recognition-models, whose
-weights are public domain / CC0). Recipe for an ArcFace-aligned 112×112 crop (REFERENCE §7):
+weights are public domain / CC0). Recipe for an ArcFace-aligned 112×112 crop:
 
   1. dlib's 5-point shape predictor on the crop, inside the fixed box (7, 23, 95, 113)
      (left, top, right, bottom: where dlib's own detector puts the face on such crops);
@@ -26,9 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from crfiqa_jax import cli
+from crfiqa_jax.inference import SkipImage
+
 log = logging.getLogger(__name__)
 
-DLIB_EXTRA = 'the dlib FR model needs the [dlib] extra: pip install "crfiqa_jax[dlib]"'
+DLIB_USE = "the dlib FR model"
 BOX = (7, 23, 95, 113)  # left, top, right, bottom on the 112×112 ArcFace crop
 CHIP_SIZE, CHIP_PADDING = 150, 0.25
 SHAPE_MODEL = "shape_predictor_5_face_landmarks.dat"
@@ -39,8 +42,7 @@ def model_dir() -> Path:
   """face_recognition_models/models of the installed package, located without importing it."""
   spec = importlib.util.find_spec("face_recognition_models")
   if spec is None or not spec.submodule_search_locations:
-    from crfiqa_jax.faces import MissingExtraError
-    raise MissingExtraError(DLIB_EXTRA)
+    raise cli.MissingExtra("dlib", DLIB_USE)
   folder = Path(next(iter(spec.submodule_search_locations))) / "models"
   for name in (SHAPE_MODEL, FR_MODEL):
     if not (folder / name).is_file():
@@ -50,11 +52,7 @@ def model_dir() -> Path:
 
 @functools.cache
 def _models():
-  try:
-    import dlib
-  except ImportError:
-    from crfiqa_jax.faces import MissingExtraError
-    raise MissingExtraError(DLIB_EXTRA) from None
+  dlib = cli.optional_import("dlib", "dlib", DLIB_USE)
   folder = model_dir()
   return (dlib, dlib.shape_predictor(str(folder / SHAPE_MODEL)),
           dlib.face_recognition_model_v1(str(folder / FR_MODEL)))
@@ -85,7 +83,6 @@ def features(crops: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
 def source_features(source, *, batch_size: int = 32) -> np.ndarray:
   """Descriptors [N, 128] of an inference.ImageSource; NaN rows where an image could not
   be loaded (logged; evaluate leaves those pairs out)."""
-  from crfiqa_jax.inference import SkipImage
   out = np.full((len(source), 128), np.nan)
   for start in range(0, len(source), batch_size):
     loaded = {}

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from crfiqa_jax import checkpoints, cli, engines, erc, inference, pairsets, reports
+from crfiqa_jax import checkpoints, cli, dlib_fr, engines, erc, inference, pairsets, reports
 from crfiqa_jax.reports import FMRS
 
 log = logging.getLogger(__name__)
+
 
 def _spec(s: str) -> tuple[str, str]:
   """NAME=PATH → (NAME, PATH); a bare PATH is named after its stem."""
@@ -111,7 +112,6 @@ def _image_features(bench, src: str, models: _Models) -> np.ndarray:
   if checkpoints.model_kind(src):
     return models.run(src, bench, "concat")[0].astype(np.float64)
   if src == "dlib":  # dlib's 128-d ResNet on the aligned crops (an optional extra)
-    from crfiqa_jax import dlib_fr
     return dlib_fr.source_features(bench.source)
   emb = pairsets.load_embeddings(src, bench.root)
   dim = len(next(iter(emb.values())))

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from crfiqa_jax import checkpoints, heldout, train
+from crfiqa_jax.data import synthetic
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | Path):
   """The demo's synthetic data (written once, by process 0) into config.data_dir."""
   if not config.synthetic:
     return
-  from crfiqa_jax.data import synthetic
   if not config.data_dir:
     with config.unlocked():
       config.data_dir = str(Path(workdir).absolute() / "data")

@@ -11,9 +11,10 @@ nchw`, the default) or [N, 112, 112, 3] (`nhwc`), N dynamic unless `--batch=N`. 
 score, higher = better), or only `quality` with `--outputs=quality`. Weights are exported in
 float32 whatever dtype the model trained in (bf16 configs included).
 
-ONNX: the graph is written here from the Flax variables, node by node, in NCHW: Conv,
-BatchNormalization, PRelu, Add, Flatten (in C, H, W order, like the released PyTorch model,
-so the FC weight is permuted back from the Flax (H, W, C) order), Gemm. A traced export
+ONNX: the graph is written from the Flax variables by walking the model's layer plan
+(crfiqa_jax.models.layer_plan), node by node, in NCHW: Conv, BatchNormalization, PRelu,
+Add, Flatten (in C, H, W order, like the released PyTorch model, so the FC weight is
+permuted back from the Flax (H, W, C) order), Gemm. A traced export
 (jax2onnx 0.17.1) keeps the model's NHWC PReLU and wraps each one in two Transposes; it also
 pins orbax-checkpoint < 0.11.37, which this package cannot install beside its own orbax.
 The file is checked with onnx.checker (full shape inference) and, at export, run in
@@ -36,7 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crfiqa_jax import checkpoints, cli
+from crfiqa_jax import checkpoints, cli, models
 from crfiqa_jax.onnx_predictor import onnxruntime
 
 INPUT_CONVENTION = "RGB float32, aligned 112x112 (ArcFace template), (x - 127.5) / 127.5"
@@ -105,23 +106,38 @@ class _Graph:
                                        **attrs))
     return out
 
-  def conv(self, x, kernel, prefix, stride=1):
-    k = np.asarray(kernel, np.float32).transpose(3, 2, 0, 1)  # HWIO → OIHW
-    pad = k.shape[-1] // 2  # PyTorch's symmetric (1, 1) for 3×3, 0 for the 1×1 shortcut
-    return self.op("Conv", [x, self.const(f"{prefix}.weight", k)],
-                   kernel_shape=list(k.shape[2:]), strides=[stride, stride], pads=[pad] * 4)
-
-  def bn(self, x, params, stats, prefix):
-    from crfiqa_jax import models
-    names = [self.const(f"{prefix}.{n}", v) for n, v in (
-        ("weight", params["scale"]), ("bias", params["bias"]),
-        ("running_mean", stats["mean"]), ("running_var", stats["var"]))]
-    return self.op("BatchNormalization", [x, *names], epsilon=models.BN_EPS)
-
-  def prelu(self, x, alpha, prefix):
-    # Slopes [C, 1, 1] broadcast over an [N, C, H, W] tensor, as torch.nn.PReLU exports.
-    slope = np.asarray(alpha, np.float32).reshape(-1, 1, 1)
-    return self.op("PRelu", [x, self.const(f"{prefix}.weight", slope)])
+  def run(self, plan, x, params, stats):
+    """The layers of a plan (crfiqa_jax.models.layer_plan) in NCHW; returns the output."""
+    channels = None
+    for layer in plan:
+      p, s, name = params.get(layer.flax, {}), stats.get(layer.flax, {}), layer.torch
+      if layer.op == "conv":
+        k = np.asarray(p["kernel"], np.float32).transpose(3, 2, 0, 1)  # HWIO → OIHW
+        (top, bottom), (left, right) = models.torch_padding(layer.kernel)
+        x = self.op("Conv", [x, self.const(f"{name}.weight", k)],
+                    kernel_shape=list(k.shape[2:]), strides=[layer.stride] * 2,
+                    pads=[top, left, bottom, right])
+      elif layer.op == "bn":
+        inputs = [self.const(f"{name}.{n}", v) for n, v in (
+            ("weight", p["scale"]), ("bias", p["bias"]), ("running_mean", s["mean"]),
+            ("running_var", s["var"]))]
+        x = self.op("BatchNormalization", [x, *inputs], epsilon=models.BN_EPS)
+      elif layer.op == "prelu":  # slopes [C, 1, 1] over [N, C, H, W], as torch.nn.PReLU
+        slope = np.asarray(p["alpha"], np.float32).reshape(-1, 1, 1)
+        x = self.op("PRelu", [x, self.const(f"{name}.weight", slope)])
+      elif layer.op == "flatten":  # (C, H, W) order, like PyTorch
+        x, channels = self.op("Flatten", [x], axis=1), layer.features
+      elif layer.op == "dense":
+        w = np.asarray(p["kernel"], np.float32)
+        if channels is not None:  # Flax flattened (H, W, C)
+          w, channels = models.fc_kernel_order(w, channels, to="torch"), None
+        x = self.op("Gemm", [x, self.const(f"{name}.weight", w),
+                             self.const(f"{name}.bias", p["bias"])])
+      elif layer.op == "residual":
+        x = self.op("Add", [self.run(layer.body, x, p, s), self.run(layer.shortcut, x, p, s)])
+      elif layer.op != "dropout":
+        raise ValueError(f"no ONNX form for layer op {layer.op!r}")
+    return x
 
 
 def onnx_model(model, variables, info: dict, *, batch="dynamic", layout: str = "nchw",
@@ -142,37 +158,10 @@ def onnx_model(model, variables, info: dict, *, batch="dynamic", layout: str = "
   x = "input"
   if layout == "nhwc":
     x = g.op("Transpose", [x], perm=[0, 3, 1, 2])  # once; everything after runs in NCHW
-  x = g.prelu(g.bn(g.conv(x, p["conv1"]["kernel"], "conv1"), p["bn1"], s["bn1"], "bn1"),
-              p["prelu"]["alpha"], "prelu")
-  for i, n_blocks in enumerate(model.stage_sizes):
-    for j in range(n_blocks):
-      key, pre = f"layer{i + 1}_{j}", f"layer{i + 1}.{j}"
-      bp, bs = p[key], s[key]
-      y = g.bn(x, bp["bn1"], bs["bn1"], f"{pre}.bn1")
-      y = g.conv(y, bp["conv1"]["kernel"], f"{pre}.conv1")
-      y = g.prelu(g.bn(y, bp["bn2"], bs["bn2"], f"{pre}.bn2"), bp["prelu"]["alpha"],
-                  f"{pre}.prelu")
-      stride = 2 if j == 0 else 1
-      y = g.bn(g.conv(y, bp["conv2"]["kernel"], f"{pre}.conv2", stride), bp["bn3"], bs["bn3"],
-               f"{pre}.bn3")
-      if j == 0:  # models.IResNet: every stage's first block projects its shortcut
-        x = g.bn(g.conv(x, bp["downsample_conv"]["kernel"], f"{pre}.downsample.0", stride),
-                 bp["downsample_bn"], bs["downsample_bn"], f"{pre}.downsample.1")
-      x = g.op("Add", [y, x])
-  x = g.op("Flatten", [g.bn(x, p["bn2"], s["bn2"], "bn2")], axis=1)  # (C, H, W) order
-  fc = np.asarray(p["fc"]["kernel"], np.float32)
-  c, side = model.widths[-1], size // 2 ** len(model.stage_sizes)
-  if fc.shape[0] != side * side * c:
-    raise ValueError(f"fc kernel {fc.shape} does not flatten a {c}×{side}×{side} map")
-  # Flax flattens (H, W, C); the ONNX graph, like PyTorch, flattens (C, H, W).
-  fc = fc.reshape(side, side, c, -1).transpose(2, 0, 1, 3).reshape(side * side * c, -1)
-  x = g.op("Gemm", [x, g.const("fc.weight", fc), g.const("fc.bias", p["fc"]["bias"])])
-  emb = g.bn(x, p["features"], s["features"], "features")
-  q = g.op("Gemm", [emb, g.const("qs.weight", p["qs"]["kernel"]),
-                    g.const("qs.bias", p["qs"]["bias"])])
-  names = {"embedding": g.op("Identity", [emb], name="embedding"),
-           "quality": g.op("Squeeze", [q, g.const("squeeze_axes", np.array([1], np.int64))],
-                           name="quality")}
+  emb = g.run(model.plan(), x, p, s)
+  q = g.run((models.QUALITY_HEAD,), emb, p, s)
+  g.op("Identity", [emb], name="embedding")
+  g.op("Squeeze", [q, g.const("squeeze_axes", np.array([1], np.int64))], name="quality")
   graph = helper.make_graph(
       g.nodes, f"crfiqa_{info['arch']}",
       [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],

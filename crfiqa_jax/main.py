@@ -23,6 +23,8 @@ from pathlib import Path
 
 import ml_collections
 
+from crfiqa_jax import cli, experiment
+
 CONFIG_PACKAGE = "crfiqa_jax.configs"
 
 
@@ -116,46 +118,30 @@ def split_argv(argv: list[str]) -> tuple[list[str], dict[str, str]]:
   return rest, overrides
 
 
-def main(argv: list[str] | None = None):
-  from absl import app, flags
-
-  argv = list(sys.argv if argv is None else argv)
+def main(argv: list[str] | None = None) -> int:
+  """Exit code per crfiqa_jax.cli: 0 trained (and reported), 2 a usage, config or data error."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  p = cli.parser("crfiqa_jax.main", __doc__,
+                 "python -m crfiqa_jax.main --config=demo --workdir=/tmp/crfiqa_demo "
+                 "--config.seed=1")
+  p.add_argument("--config", required=True,
+                 help="named config (demo, small, large, ...) or a .py path")
+  p.add_argument("--workdir", required=True, help="checkpoints, metrics and reports go here")
+  cli.add_process_flags(p)
   try:
     rest, overrides = split_argv(argv)
   except ConfigError as e:
-    sys.exit(f"error: {e}")
+    return cli.report(e)
+  args = p.parse_args(rest)
+  cli.quiet_logging()
 
-  flags.DEFINE_string("config", None, "named config (demo, small, large, ...) or a .py path",
-                      required=True)
-  flags.DEFINE_string("workdir", None, "checkpoints, metrics and reports go here",
-                      required=True)
-  flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (TPU pods, "
-                    "SLURM, or with --coordinator)")
-  flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (multi-process CPU/GPU)")
-  flags.DEFINE_integer("num_processes", None, "number of processes")
-  flags.DEFINE_integer("process_id", None, "this process's index")
-  FLAGS = flags.FLAGS
+  def body():
+    config = load_config(args.config, overrides)
+    cli.init_processes(args)
+    experiment.train_and_evaluate(config, args.workdir)
 
-  def _main(_):
-    import jax
-
-    from crfiqa_jax import cli
-    cli.quiet_logging()
-    if FLAGS.distributed or FLAGS.coordinator:
-      jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
-                                 num_processes=FLAGS.num_processes,
-                                 process_id=FLAGS.process_id)
-    try:
-      config = load_config(FLAGS.config, overrides)
-    except ConfigError as e:
-      sys.exit(f"error: {e}")
-    from crfiqa_jax import experiment
-    rc = cli.run(lambda: experiment.train_and_evaluate(config, FLAGS.workdir) and None)
-    if rc:
-      sys.exit(rc)
-
-  app.run(_main, argv=rest)
+  return cli.run(body)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -1,7 +1,9 @@
 """iResNet backbones with the CR-FIQA quality head (Flax linen, NHWC).
 
-The layout is the one of the released CR-FIQA / insightface "iresnet" code, so that
-released PyTorch weights map one-to-one onto these modules (see `crfiqa_jax.convert`):
+The layout is the one of the released CR-FIQA / insightface "iresnet" code (iresnet.py),
+written once, as `layer_plan`: each layer's operation, stride, Flax name and released
+PyTorch name. The Flax model runs it; crfiqa_jax.convert maps released weights and
+crfiqa_jax.export writes the ONNX graph by walking the same plan:
 
   stem   conv3x3(3→w0) → BN → PReLU
   stages IBasicBlock × n_i, first block of each stage strided by 2 (112→56→28→14→7)
@@ -9,8 +11,8 @@ released PyTorch weights map one-to-one onto these modules (see `crfiqa_jax.conv
   qs     Dense(512→1) on the un-normalised embedding = quality (regresses CR)
 
 `IResNet.__call__(x, train)` takes images in [-1, 1], shape [B, H, W, 3], and returns
-`(embedding [B, D], quality [B])`. The flatten is in NHWC order (H, W, C); the converter
-permutes PyTorch's (C, H, W)-ordered FC weight accordingly.
+`(embedding [B, D], quality [B])`. The flatten is in NHWC order (H, W, C); `fc_kernel_order`
+permutes the FC weight to and from PyTorch's (C, H, W) order.
 
 Mixed precision (`dtype=jnp.bfloat16`): convolutions, the FC layer, PReLU and the residual
 stream run in bf16; parameters and BN running statistics stay float32, and Flax's BatchNorm
@@ -21,6 +23,7 @@ and CR-target maths downstream are float32.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -33,7 +36,6 @@ from crfiqa_jax import conv as conv_lib
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # = PyTorch momentum 0.1
-_PAD1 = ((1, 1), (1, 1))  # PyTorch's symmetric padding; 'SAME' would pad (0, 1) on stride 2
 
 
 def _conv_init(key, shape, dtype=jnp.float32):
@@ -66,42 +68,147 @@ class PReLU(nn.Module):
     return jnp.where(x >= 0, x, alpha.astype(x.dtype) * x)
 
 
-class IBasicBlock(nn.Module):
-  """BN → conv3x3 → BN → PReLU → conv3x3(stride) → BN, plus shortcut; no final activation."""
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One step of the layer plan.
 
-  features: int
-  strides: int = 1
-  downsample: bool = False
+  op: "conv" (3×3 or 1×1 by `kernel`, padding kernel // 2 on each side, no bias), "bn",
+    "prelu", "flatten" (NHWC map → vector; `features` = the map's channels), "dropout",
+    "dense" (with bias), or "residual" (`body` plus `shortcut`, the identity when empty).
+  flax: the module's name inside its parent (a residual's body and shortcut are inside it).
+  torch: the released PyTorch module's full name (insightface iresnet.py's attributes).
+  features / kernel / stride: output channels, kernel side, stride of a conv or dense.
+  f32: computes in float32 whatever the model's dtype (the embedding BN).
+  """
+
+  op: str
+  flax: str = ""
+  torch: str = ""
+  features: int = 0
+  kernel: int = 3
+  stride: int = 1
+  f32: bool = False
+  body: tuple = ()
+  shortcut: tuple = ()
+
+
+def layer_plan(stage_sizes: Sequence[int], widths: Sequence[int],
+               embedding_dim: int) -> tuple[Layer, ...]:
+  """The iResNet up to the embedding, in the released CR-FIQA layout (iresnet.py's IResNet
+  and IBasicBlock): Flax names, PyTorch names and operations, in execution order. The quality
+  head QUALITY_HEAD follows it, on the embedding."""
+  plan = [Layer("conv", "conv1", "conv1", widths[0]), Layer("bn", "bn1", "bn1"),
+          Layer("prelu", "prelu", "prelu")]
+  for i, (n_blocks, width) in enumerate(zip(stage_sizes, widths)):
+    for j in range(n_blocks):
+      t = f"layer{i + 1}.{j}."
+      stride = 2 if j == 0 else 1  # every stage's first block (layer1's too) is strided
+      body = (Layer("bn", "bn1", t + "bn1"), Layer("conv", "conv1", t + "conv1", width),
+              Layer("bn", "bn2", t + "bn2"), Layer("prelu", "prelu", t + "prelu"),
+              Layer("conv", "conv2", t + "conv2", width, stride=stride),
+              Layer("bn", "bn3", t + "bn3"))
+      shortcut = (Layer("conv", "downsample_conv", t + "downsample.0", width, 1, stride),
+                  Layer("bn", "downsample_bn", t + "downsample.1")) if j == 0 else ()
+      plan.append(Layer("residual", f"layer{i + 1}_{j}", t[:-1], body=body, shortcut=shortcut))
+  plan += [Layer("bn", "bn2", "bn2"), Layer("flatten", features=widths[-1]),
+           Layer("dropout"), Layer("dense", "fc", "fc", embedding_dim),
+           Layer("bn", "features", "features", f32=True)]
+  return tuple(plan)
+
+
+QUALITY_HEAD = Layer("dense", "qs", "qs", 1)  # on the un-normalised embedding, in float32
+
+
+def walk(plan: Sequence[Layer]):
+  """Every non-residual layer of `plan` (residuals' bodies and shortcuts included), each
+  with its Flax path: [(path tuple, Layer)]."""
+  out = []
+  for layer in plan:
+    if layer.op == "residual":
+      out += [((layer.flax, *p), inner) for p, inner in walk(layer.body + layer.shortcut)]
+    else:
+      out.append(((layer.flax,), layer))
+  return out
+
+
+def normalize(images):
+  """uint8 RGB → float32 (x − 127.5) / 127.5, the released code's input scaling (numpy in,
+  numpy out; a jax array in, inside jit, fused by XLA into the first convolution)."""
+  return (images.astype(np.float32) - 127.5) / 127.5
+
+
+def torch_padding(kernel: int) -> tuple:
+  """PyTorch's symmetric Conv2d(padding=kernel // 2); 'SAME' would pad (0, 1) on stride 2."""
+  pad = kernel // 2
+  return ((pad, pad), (pad, pad))
+
+
+def fc_kernel_order(kernel, channels: int, to: str):
+  """The FC kernel [H·W·C, D] re-ordered between this model's NHWC flatten, (H, W, C) ("flax"),
+  and PyTorch's / ONNX's NCHW flatten, (C, H, W) ("torch")."""
+  kernel = np.asarray(kernel)
+  side = int(round((kernel.shape[0] / channels) ** 0.5))
+  if side * side * channels != kernel.shape[0]:
+    raise ValueError(f"fc kernel {kernel.shape} does not flatten a {channels}-channel square map")
+  if to == "torch":
+    order = kernel.reshape(side, side, channels, -1).transpose(2, 0, 1, 3)
+  elif to == "flax":
+    order = kernel.reshape(channels, side, side, -1).transpose(1, 2, 0, 3)
+  else:
+    raise ValueError(f"to must be 'flax' or 'torch', got {to!r}")
+  return order.reshape(kernel.shape[0], -1)
+
+
+def _run(parent: nn.Module, layer: Layer, x, train: bool):
+  """Applies one layer of the plan inside `parent`'s compact scope."""
+  dtype = jnp.float32 if layer.f32 else parent.dtype
+  if layer.op == "conv":
+    return nn.Conv(layer.features, (layer.kernel,) * 2, strides=layer.stride,
+                   padding=torch_padding(layer.kernel), use_bias=False, kernel_init=_conv_init,
+                   dtype=dtype, conv_general_dilated=_conv_fn(parent.conv_grad),
+                   name=layer.flax)(x)
+  if layer.op == "bn":
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS,
+                        dtype=dtype, name=layer.flax)(x)
+  if layer.op == "prelu":
+    return PReLU(name=layer.flax)(x)
+  if layer.op == "flatten":
+    return x.reshape(x.shape[0], -1)  # (H, W, C) order
+  if layer.op == "dropout":
+    return nn.Dropout(parent.dropout, deterministic=not train)(x)
+  if layer.op == "dense":
+    init = _torch_linear_init(x.shape[-1])
+    return nn.Dense(layer.features, dtype=dtype, kernel_init=init, bias_init=init,
+                    name=layer.flax)(x)
+  if layer.op == "residual":
+    return _Residual(layer.body, layer.shortcut, dtype=parent.dtype, conv_grad=parent.conv_grad,
+                     name=layer.flax)(x, train)
+  raise ValueError(f"unknown layer op {layer.op!r}")
+
+
+class _Residual(nn.Module):
+  """body(x) + shortcut(x) (identity when the shortcut is empty); no final activation."""
+
+  body: tuple
+  shortcut: tuple
   dtype: jnp.dtype = jnp.float32
   conv_grad: str = "auto"
-  folded: bool = False     # inference: the BNs after convs are folded in (fold_batchnorm)
 
   @nn.compact
   def __call__(self, x, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPS, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, use_bias=self.folded, kernel_init=_conv_init,
-                             dtype=self.dtype, conv_general_dilated=_conv_fn(self.conv_grad))
-    # Folded: the BN after each conv is already in that conv's kernel and bias.
-    post = (lambda name: lambda y: y) if self.folded else (lambda name: norm(name=name))
-    y = norm(name="bn1")(x)
-    y = conv(self.features, (3, 3), padding=_PAD1, name="conv1")(y)
-    y = post("bn2")(y)
-    y = PReLU(name="prelu")(y)
-    y = conv(self.features, (3, 3), strides=self.strides, padding=_PAD1, name="conv2")(y)
-    y = post("bn3")(y)
-    if self.downsample:
-      x = conv(self.features, (1, 1), strides=self.strides, padding="VALID",
-               name="downsample_conv")(x)
-      x = post("downsample_bn")(x)
+    y = x
+    for layer in self.body:
+      y = _run(self, layer, y, train)
+    for layer in self.shortcut:
+      x = _run(self, layer, x, train)
     return y + x
 
 
 class IResNet(nn.Module):
-  """iResNet FR backbone returning (embedding, quality).
+  """iResNet FR backbone returning (embedding, quality), built from `layer_plan`.
 
   Attributes:
-    stage_sizes: IBasicBlocks per stage, e.g. (3, 4, 14, 3) for iResNet50.
+    stage_sizes: residual blocks per stage, e.g. (3, 4, 14, 3) for iResNet50.
     widths: channels per stage; the stem has widths[0] channels.
     embedding_dim: size of the face embedding (512 in the paper).
     dropout: dropout rate before the FC layer in training (0.4 in the released code).
@@ -110,10 +217,6 @@ class IResNet(nn.Module):
       (a matrix product per kernel offset, crfiqa_jax.conv; several times faster on XLA:CPU)
       or "auto" (matmul on the CPU backend, XLA elsewhere). Outputs and gradients agree to
       float rounding; parameters and their names are the same.
-    folded: inference only, with variables from `fold_batchnorm`: every BatchNorm that
-      follows a convolution or the FC layer (and the BN before the FC) is folded into it,
-      exact up to float rounding; only each block's first BN (before a zero-padded conv,
-      where folding would be wrong at the border) stays.
   """
 
   stage_sizes: Sequence[int]
@@ -122,41 +225,23 @@ class IResNet(nn.Module):
   dropout: float = 0.4
   dtype: jnp.dtype = jnp.float32
   conv_grad: str = "auto"
-  folded: bool = False
+
+  def plan(self) -> tuple[Layer, ...]:
+    return layer_plan(self.stage_sizes, self.widths, self.embedding_dim)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"IResNet expects NHWC RGB images [B, H, W, 3], got shape {x.shape}")
-    if self.folded and train:
-      raise ValueError("a folded IResNet (fold_batchnorm) is for inference only")
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPS, dtype=self.dtype)
-    post = (lambda name, **kw: lambda y: y) if self.folded else (
-        lambda name, **kw: norm(name=name, **kw))
     x = x.astype(self.dtype)
-    x = nn.Conv(self.widths[0], (3, 3), padding=_PAD1, use_bias=self.folded,
-                kernel_init=_conv_init, dtype=self.dtype,
-                conv_general_dilated=_conv_fn(self.conv_grad), name="conv1")(x)
-    x = post("bn1")(x)
-    x = PReLU(name="prelu")(x)
-    for i, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
-      for j in range(n_blocks):
-        # Every stage's first block (layer1's too) is strided and has a projection shortcut.
-        x = IBasicBlock(width, strides=2 if j == 0 else 1, downsample=j == 0, dtype=self.dtype,
-                        conv_grad=self.conv_grad, folded=self.folded,
-                        name=f"layer{i + 1}_{j}")(x, train)
-    x = post("bn2")(x)
-    x = x.reshape(x.shape[0], -1)  # (H, W, C) order
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    fc_init = _torch_linear_init(x.shape[-1])
-    x = nn.Dense(self.embedding_dim, dtype=self.dtype, kernel_init=fc_init, bias_init=fc_init,
-                 name="fc")(x)
+    for layer in self.plan():
+      x = _run(self, layer, x, train)
     # float32 from here on: the embedding feeds the cosine/ArcFace/CR maths.
-    emb = post("features", dtype=jnp.float32)(x).astype(jnp.float32)
-    qs_init = _torch_linear_init(emb.shape[-1])
-    quality = nn.Dense(1, kernel_init=qs_init, bias_init=qs_init, name="qs")(emb)[:, 0]
-    return emb, quality
+    emb = x.astype(jnp.float32)
+    head = QUALITY_HEAD
+    init = _torch_linear_init(emb.shape[-1])
+    quality = nn.Dense(head.features, kernel_init=init, bias_init=init, name=head.flax)(emb)
+    return emb, quality[:, 0]
 
 
 IResNet18 = functools.partial(IResNet, stage_sizes=(2, 2, 2, 2))
@@ -174,61 +259,6 @@ ARCHS = {
     "iresnet100": IResNet100,
     "iresnet_tiny": IResNetTiny,
 }
-
-
-def _bn_affine(stats: dict, params: dict) -> tuple:
-  """Eval-mode BatchNorm as y = a·x + b (float64)."""
-  a = np.asarray(params["scale"], np.float64) / np.sqrt(
-      np.asarray(stats["var"], np.float64) + BN_EPS)
-  return a, np.asarray(params["bias"], np.float64) - np.asarray(stats["mean"], np.float64) * a
-
-
-def _fold_conv(conv_params: dict, bn_params: dict, bn_stats: dict) -> dict:
-  """conv (no bias) then BN → one conv with bias: kernel·a over output channels, bias b."""
-  a, b = _bn_affine(bn_stats, bn_params)
-  kernel = np.asarray(conv_params["kernel"], np.float64) * a
-  return {"kernel": kernel.astype(np.float32), "bias": b.astype(np.float32)}
-
-
-def fold_batchnorm(model: IResNet, variables: dict) -> tuple[IResNet, dict]:
-  """(folded model, its variables) computing the same eval-mode function as (model, variables).
-
-  Every conv → BN pair becomes one conv with a bias (the stem, each block's two convs and its
-  shortcut), and the head's BN2d → flatten → FC → BN1d becomes one FC: exact algebra, done in
-  float64, so outputs agree to float32 rounding. Each block's first BN stays (folding it into
-  the following zero-padded conv would be wrong at the border). Saves a pass over every
-  such activation at inference. `variables` holds "params" and "batch_stats".
-  """
-  if model.folded:
-    raise ValueError("this model is already folded")
-  params = jax.tree.map(np.asarray, dict(variables["params"]))
-  stats = jax.tree.map(np.asarray, dict(variables["batch_stats"]))
-  out_p, out_s = {}, {}
-  for name, sub in params.items():
-    if not name.startswith("layer"):
-      continue
-    sub_s = stats[name]
-    block_p = {"bn1": sub["bn1"], "prelu": sub["prelu"],
-               "conv1": _fold_conv(sub["conv1"], sub["bn2"], sub_s["bn2"]),
-               "conv2": _fold_conv(sub["conv2"], sub["bn3"], sub_s["bn3"])}
-    if "downsample_conv" in sub:
-      block_p["downsample_conv"] = _fold_conv(sub["downsample_conv"], sub["downsample_bn"],
-                                              sub_s["downsample_bn"])
-    out_p[name], out_s[name] = block_p, {"bn1": sub_s["bn1"]}
-  out_p["conv1"] = _fold_conv(params["conv1"], params["bn1"], stats["bn1"])
-  out_p["prelu"] = params["prelu"]
-  # Head: fc(a2·x + b2) with a2, b2 per channel, tiled over the (H, W, C)-flattened features;
-  # then the embedding BN af·y + bf over its outputs.
-  a2, b2 = _bn_affine(stats["bn2"], params["bn2"])
-  w = np.asarray(params["fc"]["kernel"], np.float64)
-  reps = w.shape[0] // a2.shape[0]
-  a2, b2 = np.tile(a2, reps), np.tile(b2, reps)
-  af, bf = _bn_affine(stats["features"], params["features"])
-  out_p["fc"] = {"kernel": ((a2[:, None] * w) * af).astype(np.float32),
-                 "bias": (((b2 @ w) + np.asarray(params["fc"]["bias"], np.float64)) * af
-                          + bf).astype(np.float32)}
-  out_p["qs"] = params["qs"]
-  return model.clone(folded=True), {"params": out_p, "batch_stats": out_s}
 
 
 def create_model(name: str, **kwargs) -> IResNet:

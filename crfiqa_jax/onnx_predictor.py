@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crfiqa_jax import cli
+from crfiqa_jax import cli, models
 
 
 def onnxruntime():
@@ -70,7 +70,7 @@ class OnnxPredictor:
     if images.dtype != np.uint8 or images.shape[1:] != (s, s, 3):
       raise ValueError(f"expected uint8 RGB images [B, {s}, {s}, 3], got {images.dtype} "
                        f"{images.shape}")
-    x = (images.astype(np.float32) - 127.5) / 127.5
+    x = models.normalize(images)
     if self.nchw:
       x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     step = self.batch or max(len(x), 1)

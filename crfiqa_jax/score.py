@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crfiqa_jax import calibration, checkpoints, cli, engines, inference
+from crfiqa_jax import calibration, checkpoints, cli, engines, faces, inference
 from crfiqa_jax.data.converters import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Scorer:
   """Quality (and FR features) of in-memory images with one model, for notebooks and tests.
 
   `scorer(images uint8 [N, H, W, 3])` → quality [N]; `scorer.embed(images)` → (features
-  [N, 2D] as the released evaluation, quality [N]). Files go through crfiqa_jax.inference's `extract`.
+  [N, 2D] as the released evaluation, quality [N]). Files go through inference.extract.
   """
 
   def __init__(self, predictor, *, batch_size: int = 64):
@@ -67,6 +67,18 @@ class Scorer:
                       engine: str = "auto") -> "Scorer":
     """For any model path crfiqa_jax.checkpoints knows, on `engine` (crfiqa_jax.engines)."""
     return cls(checkpoints.load_predictor(path, arch, engine), batch_size=batch_size)
+
+
+def _face_source(rows: faces.FaceRows) -> inference.ImageSource:
+  """Photos' face rows as an image source: a NoFace becomes SkipImage (an empty quality and
+  the reason on stderr)."""
+  def load(i):
+    try:
+      return rows.load(i)
+    except faces.NoFace as e:
+      raise inference.SkipImage(str(e)) from None
+
+  return inference.ImageSource(load, len(rows), rows.names.__getitem__)
 
 
 def list_inputs(spec: str | Path) -> list[str]:
@@ -159,12 +171,11 @@ def run(args) -> int:
   cal = calibration.load(args.checkpoint) if args.calibrated else None
   predictor = checkpoints.load_predictor(args.checkpoint, args.arch, args.engine)
   if args.detect:  # raw photos: one row per photo (or per face), aligned on the fly
-    from crfiqa_jax import faces
     rows = faces.FaceRows(paths, rule=args.face, all_faces=args.all_faces,
                           size=predictor.image_size, save_dir=args.save_aligned,
                           root=Path(args.input) if Path(args.input).is_dir() else
                           Path(args.input).parent)
-    paths, source = rows.names, faces.image_source(rows)
+    paths, source = rows.names, _face_source(rows)
   elif args.save_aligned or args.all_faces:
     raise ValueError("--save-aligned and --all-faces need --detect (raw photos)")
   else:
@@ -219,16 +230,10 @@ def main(argv=None) -> int:
                  help="add a 0-100 column (the model's calibration.json; crfiqa_jax.calibration)")
   p.add_argument("--resume", action="store_true",
                  help="continue an interrupted run into the same --output")
-  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
-  p.add_argument("--num_processes", type=int, default=None)
-  p.add_argument("--process_id", type=int, default=None)
-  p.add_argument("--distributed", action="store_true", help="jax.distributed on a TPU pod")
+  cli.add_process_flags(p)
   args = p.parse_args(argv)
   cli.quiet_logging()
-  if args.distributed or args.coordinator:
-    import jax
-    jax.distributed.initialize(coordinator_address=args.coordinator,
-                               num_processes=args.num_processes, process_id=args.process_id)
+  cli.init_processes(args)
   return cli.run(lambda: run(args))
 
 

@@ -119,7 +119,7 @@ def _quality_head(backbone_params, emb: jax.Array) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwargs: dict,
                num_classes: int, logits_sharding=None, ig: IGSettings | None = None,
-               frozen_backbone: bool = False, margin_ramp_steps: int = 0):
+               frozen_backbone: bool = False):
   """One SGD step on a global batch {"image": uint8 [B,H,W,3], "label": int32 [B]}.
 
   CR-FIQA (ig None): one forward of the batch; L = L_Arc + λ·L_CR (losses.crfiqa_loss).
@@ -146,10 +146,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
   """
   TRACE_COUNT["train_step"] += 1
   rng = jax.random.fold_in(state.rng, state.step)
-  images = input_pipeline.normalize(batch["image"])
-  if margin_ramp_steps:  # demo only: ArcFace margin m·min(1, step/ramp), see configs/demo.py
-    ramp = jnp.minimum(1.0, state.step.astype(jnp.float32) / margin_ramp_steps)
-    loss_kwargs = {**loss_kwargs, "margin": loss_kwargs["margin"] * ramp}
+  images = models.normalize(batch["image"])
 
   def forward(params, x, key):
     """(embedding, quality, new batch_stats) of one pass."""
@@ -176,7 +173,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, schedule, loss_kwar
       return out.loss, (out, batch_stats, {})
   else:
     k_aug, k_drop_aug = jax.random.split(jax.random.fold_in(rng, 1))
-    aug_images = input_pipeline.normalize(augment.augment(batch["image"], k_aug, ig.augment))
+    aug_images = models.normalize(augment.augment(batch["image"], k_aug, ig.augment))
     epoch = (state.step // ig.steps_per_epoch).astype(jnp.float32)
     alpha = 0.9 + 0.1 * epoch / ig.num_epochs
 
@@ -240,13 +237,9 @@ class Trainer:
     self.total_steps = config.total_steps or config.num_epochs * self.steps_per_epoch
     peak = optim.learning_rate(config.lr, config.batch_size)
     self.schedule = optim.step_schedule(peak, self.steps_per_epoch, config.lr_decay_epochs)
-    self.schedule = optim.with_warmup(  # demo only; the released recipe has none
-        self.schedule, int(round(config.get("warmup_epochs", 0) * self.steps_per_epoch)))
     self.tx = optim.make_optimizer(self.schedule, momentum=config.momentum,
                                    weight_decay=config.weight_decay,
-                                   clip_norm=config.clip_norm, trainable=config.trainable,
-                                   freeze_embedding_scale=config.get(
-                                       "freeze_embedding_scale", False))
+                                   clip_norm=config.clip_norm, trainable=config.trainable)
     self.model = build_model(config)
     warmstart.check_on_top(config)
     if config.method not in ("crfiqa", "igfiqa"):
@@ -271,8 +264,7 @@ class Trainer:
         loss_kwargs=loss_kwargs_from_config(config), num_classes=num_classes,
         logits_sharding=(sharding.class_sharding(self.mesh) if config.shard_centres
                          else None), ig=ig,
-        frozen_backbone=config.trainable == "qs",
-        margin_ramp_steps=int(round(config.get("margin_ramp_epochs", 0) * self.steps_per_epoch)))
+        frozen_backbone=config.trainable == "qs")
     batch_sh = sharding.batch_sharding(self.mesh)
     self.step_fn = jax.jit(step, in_shardings=(self.state_shardings, batch_sh),
                            out_shardings=(self.state_shardings, repl), donate_argnums=0)
@@ -303,13 +295,17 @@ def dataset_facts(config) -> tuple[int, int]:
   if not config.data_dir:
     raise ValueError("config.data_dir is empty: pass --config.data_dir=PATH to a dataset "
                      "written by `python -m crfiqa_jax.prepare`")
+  where = f"--config.data_dir={config.data_dir}"
   if not Path(config.data_dir).exists():
-    raise FileNotFoundError(f"data_dir {config.data_dir} does not exist; create it with "
+    raise FileNotFoundError(f"{where} does not exist; create it with "
                             "`python -m crfiqa_jax.prepare ...`")
-  info = read_info(config.data_dir)
+  try:
+    info = read_info(config.data_dir)
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"{where}: {e}") from None
   n_train = info["splits"].get("train", 0)
   if not n_train:
-    raise ValueError(f"{config.data_dir} has no 'train' split (splits: {info['splits']})")
+    raise ValueError(f"{where} has no 'train' split (splits: {info['splits']})")
   for key, got in (("paper_num_classes", info["num_classes"]), ("paper_num_examples", n_train)):
     want = config.get(key, 0)
     if want and want != got:

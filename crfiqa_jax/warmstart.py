@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crfiqa_jax import checkpoints, convert, input_pipeline, sharding
+from crfiqa_jax import checkpoints, convert, input_pipeline, models, sharding
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def class_mean_centres(state, config, trainer) -> jax.Array:
       *centre_sh.spec[1:]) if len(centre_sh.spec) > 1 else jax.sharding.PartitionSpec())
 
   def accumulate(variables, images, labels, sums, counts):
-    emb, _ = model.apply(variables, input_pipeline.normalize(images), train=False)
+    emb, _ = model.apply(variables, models.normalize(images), train=False)
     x = emb / jnp.maximum(jnp.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     one_hot = jax.nn.one_hot(labels, cols, dtype=jnp.float32)
     sums = sums + jnp.einsum("bd,bc->dc", x, one_hot, precision=jax.lax.Precision.HIGHEST)

@@ -3,11 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax import lax
 
-from crfiqa_jax import conv, models, optim
+from crfiqa_jax import conv, models
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -85,22 +84,3 @@ def test_model_switch_same_outputs_and_gradients():
       np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4 * float(jnp.abs(b).max()) + 1e-6)
   with pytest.raises(ValueError, match="conv_grad must be"):
     conv.use_matmul_grad("fast")
-
-
-def test_freeze_embedding_scale_keeps_gamma_and_nothing_else():
-  params = {"backbone": {"features": {"scale": jnp.ones(3), "bias": jnp.zeros(3)},
-                         "fc": {"kernel": jnp.ones((2, 3))}},
-            "centres": jnp.ones((3, 4))}
-  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
-  sched = optax.constant_schedule(0.1)
-  free = optim.make_optimizer(sched)
-  frozen = optim.make_optimizer(sched, freeze_embedding_scale=True)
-  u_free, _ = free.update(grads, free.init(params), params)
-  u_frozen, _ = frozen.update(grads, frozen.init(params), params)
-  assert float(jnp.abs(u_frozen["backbone"]["features"]["scale"]).max()) == 0.0
-  assert float(jnp.abs(u_free["backbone"]["features"]["scale"]).max()) > 0.0
-  for path in (("backbone", "features", "bias"), ("backbone", "fc", "kernel"), ("centres",)):
-    a, b = u_frozen, u_free
-    for key in path:
-      a, b = a[key], b[key]
-    np.testing.assert_allclose(a, b)

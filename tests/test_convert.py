@@ -1,3 +1,4 @@
+import functools
 import pickle
 import zipfile
 
@@ -147,3 +148,45 @@ def test_load_centres_from_released_and_insightface_heads(tmp_path):
     np.testing.assert_array_equal(convert.load_centres(spec, d), w, err_msg=str(spec))
   with pytest.raises(ValueError, match="does not fit embedding size 16"):
     convert.load_centres(tmp_path / "32572header.pth", 16)
+
+
+def test_an_architecture_variant_converts_and_exports_without_other_edits(monkeypatch, tmp_path):
+  """A new architecture is one entry in models.ARCHS: conversion (arch detected from the
+  released-layout state_dict) and ONNX export both walk models.layer_plan, so the variant
+  reproduces an independent PyTorch model of it, and onnxruntime reproduces the Flax model."""
+  ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
+  from crfiqa_jax import export
+  stages, widths = (2, 1, 3, 1), (8, 16, 16, 24)
+  monkeypatch.setitem(models.ARCHS, "iresnet_variant", functools.partial(
+      models.IResNet, stage_sizes=stages, widths=widths, embedding_dim=24))
+  ref = torch_iresnet.randomize_(torch_iresnet.TorchIResNet(stages, widths, emb=24),
+                                 seed=5).eval()
+  torch.save(ref.state_dict(), tmp_path / "variant.pth")
+  model, variables, info = checkpoints.load_model(tmp_path / "variant.pth")
+  assert info["arch"] == "iresnet_variant" and info["embedding_dim"] == 24
+  x = np.random.default_rng(2).uniform(-1, 1, (3, 112, 112, 3)).astype(np.float32)
+  with torch.no_grad():
+    emb_t, q_t = (t.numpy() for t in ref(torch.from_numpy(x.transpose(0, 3, 1, 2))))
+  emb, q = (np.asarray(t) for t in model.apply(variables, x, train=False))
+  np.testing.assert_allclose(emb, emb_t, rtol=0, atol=1e-4 * np.abs(emb_t).max())
+  np.testing.assert_allclose(q, q_t, rtol=0, atol=1e-4 * np.abs(q_t).max())
+  onnx_file = tmp_path / "variant.onnx"
+  onnx_file.write_bytes(export.onnx_model(model, variables, info).SerializeToString())
+  sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+  emb_o, q_o = sess.run(["embedding", "quality"], {"input": x.transpose(0, 3, 1, 2).copy()})
+  np.testing.assert_allclose(emb_o, emb, rtol=0, atol=1e-4 * np.abs(emb).max())
+  np.testing.assert_allclose(q_o, q, rtol=0, atol=1e-4 * np.abs(q).max())
+
+
+def test_fc_kernel_order_round_trips_and_matches_the_two_flattens():
+  """Row r of the (H, W, C) order holds what row r' of the (C, H, W) order holds, where both
+  index the same map element; and the two directions invert each other."""
+  c, side, d = 3, 2, 5
+  fmap = np.arange(side * side * c, dtype=np.float64).reshape(side, side, c)  # (H, W, C)
+  w_flax = np.random.default_rng(0).normal(size=(side * side * c, d))
+  w_torch = models.fc_kernel_order(w_flax, c, to="torch")
+  np.testing.assert_allclose(fmap.reshape(-1) @ w_flax,
+                             fmap.transpose(2, 0, 1).reshape(-1) @ w_torch)
+  np.testing.assert_array_equal(models.fc_kernel_order(w_torch, c, to="flax"), w_flax)
+  with pytest.raises(ValueError, match="square map"):
+    models.fc_kernel_order(np.zeros((10, d)), c, to="torch")

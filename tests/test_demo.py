@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from crfiqa_jax.data import synthetic
 from conftest import xla_flags
@@ -74,41 +73,3 @@ def test_cli_errors(tmp_path):
   assert r.returncode != 0 and "data_dir is empty" in r.stderr
   r = _main(["--config=nonexistent", f"--workdir={tmp_path}"], tmp_path)
   assert r.returncode != 0 and "Named configs" in r.stderr and "large" in r.stderr
-
-
-def test_lr_warmup_hand_values():
-  from crfiqa_jax import optim
-  sched = optim.with_warmup(optim.step_schedule(0.1, 10, (2,)), 5)
-  # lr(t) = 0.1·min(1, (t + 1)/5) until the decay at step 20, then 0.01.
-  for t, want in ((0, 0.02), (1, 0.04), (4, 0.1), (19, 0.1), (20, 0.01)):
-    assert float(sched(t)) == pytest.approx(want, rel=1e-6), t
-  plain = optim.step_schedule(0.1, 10, (2,))
-  assert optim.with_warmup(plain, 0) is plain
-
-
-def test_margin_ramp_equals_the_reduced_margin():
-  """At step k of a ramp over R steps the ArcFace term uses margin m·min(1, k/R): checked
-  against losses.crfiqa_loss with that margin on the same forward pass."""
-  import jax
-  import jax.numpy as jnp
-
-  from crfiqa_jax import losses, main, sharding, train
-  mesh = sharding.make_mesh(jax.devices()[:1])
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
-  labels = rng.integers(0, 10, 8).astype(np.int32)
-  batch = sharding.global_batch({"image": images, "label": labels}, mesh)
-  cfg = main.load_config("demo", {"image_size": "32", "batch_size": "8", "dropout": "0.0",
-                                  "margin_ramp_epochs": "1.0"})
-  trainer = train.Trainer(cfg, num_classes=10, num_examples=80, mesh=mesh)  # 10 steps/epoch
-  state0 = trainer.init()
-  (emb, quality), _ = trainer.model.apply(
-      {"params": state0.params["backbone"], "batch_stats": state0.batch_stats},
-      train.input_pipeline.normalize(jnp.asarray(images)), train=True, mutable=["batch_stats"])
-  kw = dict(scale=cfg.scale, lambda_cr=cfg.lambda_cr, margin_fallback=True)
-  for k, m in ((0, 0.0), (4, 0.2), (12, 0.5)):
-    want = losses.crfiqa_loss(emb, quality, state0.params["centres"], jnp.asarray(labels),
-                              margin=m, **kw).loss_arc
-    state = jax.tree.map(jnp.copy, state0).replace(step=jnp.asarray(k, jnp.int32))
-    got = trainer.step_fn(state, batch)[1]["loss_arc"]
-    assert float(got) == pytest.approx(float(want), rel=1e-4), k

