@@ -1,12 +1,18 @@
 """images/s of one CR-FIQA train step (forward, loss, backward, SGD) on this machine.
 
     python benchmarks/train_step.py [--arch iresnet50] [--batch 8] [--steps 10]
+        [--conv-grad auto matmul xla] [--torch-variants eager channels_last compile]
 
 JAX: the jitted `train.train_step` (iResNet, ArcFace + CR loss, SGD + weight decay +
-backbone clipping) on one device. PyTorch (when installed): the same architecture
-(tests/torch_iresnet.py), the same loss and optimiser, with the same thread count.
-Prints both and the ratio JAX/PyTorch. XLA_FLAGS and other XLA knobs can be tried with
---xla-flags; the figure of each is printed.
+backbone clipping) on one device, once per --conv-grad choice (models.IResNet.conv_grad:
+"auto" and each of its alternatives); the ratio of each to the fastest is printed, so
+`auto` can be checked to be the fastest or within 3 %. PyTorch (when installed): the same
+architecture (tests/torch_iresnet.py), the same loss and optimiser, the same thread
+count, in each --torch-variants form: `eager` (NCHW, what the released code runs),
+`channels_last` (NHWC memory format, model and input), `compile` (torch.compile of the
+model, channels_last) — with --dtype bfloat16 each under bf16 autocast. Every JAX figure
+is printed as a ratio against every PyTorch variant. XLA_FLAGS is read from the
+environment and printed.
 
 MFU = FLOPs of the compiled step (XLA cost_analysis) / measured step time / the device's
 peak. It is printed on the GPUs of PEAK_TFLOPS (or any device with --peak-tflops), e.g.
@@ -79,7 +85,11 @@ def bench_jax(arch, batch, steps, classes, dtype, conv_grad="auto"):
   return batch / np.median(times), compile_s, flops / np.median(times)
 
 
-def bench_torch(arch, batch, steps, classes, threads, device="cpu", dtype="float32"):
+TORCH_VARIANTS = ("eager", "channels_last", "compile")
+
+
+def bench_torch(arch, batch, steps, classes, threads, device="cpu", dtype="float32",
+                variant="eager"):
   import contextlib
 
   import numpy as np
@@ -90,10 +100,14 @@ def bench_torch(arch, batch, steps, classes, threads, device="cpu", dtype="float
   torch.set_num_threads(threads)
   dev = torch.device(device)
   model = torch_iresnet.make(arch).train().to(dev)
-  centres = torch.nn.Parameter(torch.randn(512, classes, device=dev) * 0.01)
+  fmt = torch.contiguous_format if variant == "eager" else torch.channels_last
+  model = model.to(memory_format=fmt)
+  net = torch.compile(model) if variant == "compile" else model
+  dim = model.features.num_features  # the embedding width (512; 64 for iresnet_tiny)
+  centres = torch.nn.Parameter(torch.randn(dim, classes, device=dev) * 0.01)
   opt_b = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
   opt_h = torch.optim.SGD([centres], lr=0.1, momentum=0.9, weight_decay=5e-4)
-  x = torch.randn(batch, 3, 112, 112, device=dev)
+  x = torch.randn(batch, 3, 112, 112, device=dev).contiguous(memory_format=fmt)
   y = torch.randint(0, classes, (batch,), device=dev)
   # bf16: autocast runs convolutions and matmuls in bf16 (JAX's --dtype bfloat16 path).
   amp = (torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16"
@@ -101,7 +115,7 @@ def bench_torch(arch, batch, steps, classes, threads, device="cpu", dtype="float
 
   def step():
     with amp:
-      emb, q = model(x)
+      emb, q = net(x)
     emb, q = emb.float(), q.float()
     cos = F.normalize(emb) @ F.normalize(centres, dim=0)
     cos = cos.clamp(-1, 1)
@@ -144,37 +158,47 @@ def main():
   p.add_argument("--classes", type=int, default=10572)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--skip-torch", action="store_true")
-  p.add_argument("--conv-grad", default="auto", choices=["auto", "matmul", "xla"],
-                 help="convolution weight gradients (models.IResNet.conv_grad)")
+  p.add_argument("--conv-grad", nargs="+", default=["auto", "matmul", "xla"],
+                 choices=["auto", "matmul", "xla"],
+                 help="convolution weight gradients to time (models.IResNet.conv_grad)")
+  p.add_argument("--torch-variants", nargs="+", default=["eager", "channels_last"],
+                 choices=TORCH_VARIANTS, help="PyTorch forms to time (see above)")
   p.add_argument("--peak-tflops", type=float, default=0.0,
                  help="device peak for the MFU (default: PEAK_TFLOPS by device kind)")
   args = p.parse_args()
   threads = os.cpu_count()
-  jax_ips, compile_s, achieved = bench_jax(args.arch, args.batch, args.steps, args.classes,
-                                           args.dtype, args.conv_grad)
-  print(f"JAX     {args.arch} batch {args.batch}: {jax_ips:7.2f} images/s "
-        f"(conv_grad={args.conv_grad}, compile {compile_s:.0f} s, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})")
   import jax
   kind = jax.devices()[0].device_kind
   peak = args.peak_tflops * 1e12 or peak_flops(kind, args.dtype)
-  line = f"        {achieved / 1e12:.3f} TFLOP/s achieved on {kind}"
-  print(line + (f", MFU {100 * achieved / peak:.1f}% of {peak / 1e12:g} TFLOP/s ({args.dtype})"
-                if peak else " (peak unknown: --peak-tflops for the MFU)"))
+  print(f"{args.arch} batch {args.batch} {args.dtype} on {kind} "
+        f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})", flush=True)
+  jax_ips = {}
+  for cg in dict.fromkeys(args.conv_grad):
+    ips, compile_s, achieved = bench_jax(args.arch, args.batch, args.steps, args.classes,
+                                         args.dtype, cg)
+    jax_ips[cg] = ips
+    mfu = (f", MFU {100 * achieved / peak:.1f}% of {peak / 1e12:g} TFLOP/s" if peak
+           else " (peak unknown: --peak-tflops for the MFU)")
+    print(f"JAX conv_grad={cg:7s}: {ips:8.2f} images/s (compile {compile_s:.0f} s, "
+          f"{achieved / 1e12:.3f} TFLOP/s{mfu})", flush=True)
+  best = max(jax_ips.values())
+  for cg, ips in jax_ips.items():
+    print(f"ratio JAX conv_grad={cg} / fastest conv_grad: {ips / best:.3f}")
   if args.skip_torch:
     return
   try:
-    import torch  # noqa: F401
+    import torch
   except ImportError:
     print("PyTorch not installed (pip install -e '.[torch]'): no comparison")
     return
-  import torch
   device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-  torch_ips = bench_torch(args.arch, args.batch, args.steps, args.classes, threads, device,
-                          args.dtype)
-  print(f"PyTorch {args.arch} batch {args.batch}: {torch_ips:7.2f} images/s "
-        f"({device}, {threads} threads{', autocast bf16' if args.dtype == 'bfloat16' else ''})")
-  print(f"ratio JAX/PyTorch: {jax_ips / torch_ips:.2f}")
+  for variant in dict.fromkeys(args.torch_variants):
+    tips = bench_torch(args.arch, args.batch, args.steps, args.classes, threads, device,
+                       args.dtype, variant)
+    print(f"PyTorch {variant:13s}: {tips:8.2f} images/s ({device}, {threads} threads"
+          f"{', autocast bf16' if args.dtype == 'bfloat16' else ''})", flush=True)
+    for cg, ips in jax_ips.items():
+      print(f"  ratio JAX conv_grad={cg} / PyTorch {variant}: {ips / tips:.2f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crfiqa_jax import checkpoints, cli, inference, losses, reports
+from crfiqa_jax import checkpoints, cli, engines, inference, losses, reports
 from crfiqa_jax.data.records import RecordSource, read_info
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _impostor(rng, k, labels):
 
 
 def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 256,
-            split: str = "train") -> dict:
+            split: str = "train", engine: str = "auto") -> dict:
   """Streams `data` through the model once; keeps per-image CCS/NNCCS/CR and only the
   embeddings of images in the sampled pairs (memory independent of the set's size)."""
   model, variables, centres, cfg = load_workdir(workdir)
@@ -120,7 +120,9 @@ def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 25
   row[needed] = np.arange(len(needed))
   feats = np.full((len(needed), model.embedding_dim), np.nan, np.float32)
   ccs, nnccs, cr = (np.full(len(labels), np.nan) for _ in range(3))
-  predictor = inference.FlaxPredictor(model, variables, image_size=cfg["image_size"])
+  predictor = engines.make_predictor(
+      model, variables, {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
+                         "image_size": cfg["image_size"]}, engine=engine, source=workdir)
   source = inference.records_source(data, split)
   for bt in inference.stream(predictor, source, batch_size=batch_size, desc="analyze"):
     if not len(bt.indices):
@@ -190,12 +192,13 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=None, help="default: CHECKPOINT/analysis")
   p.add_argument("--pairs", type=int, default=50_000)
   p.add_argument("--batch-size", type=int, default=256)
+  engines.add_argument(p)
   args = p.parse_args(argv)
   cli.quiet_logging()
 
   def body():
     r = analyze(args.checkpoint, args.data, args.out or Path(args.checkpoint) / "analysis",
-                pairs=args.pairs, batch_size=args.batch_size)
+                pairs=args.pairs, batch_size=args.batch_size, engine=args.engine)
     print(json.dumps(r, indent=1))
 
   return cli.run(body)

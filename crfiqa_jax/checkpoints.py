@@ -92,14 +92,18 @@ def load_model(path, arch: str | None = None, *, qs_optional: bool = False):
   return models.create_model(info["arch"], embedding_dim=info["embedding_dim"]), variables, info
 
 
-def load_predictor(path, arch: str | None = None):
-  """A predictor for any kind of model path: onnxruntime for .onnx, else the Flax model
-  on this process's devices (crfiqa_jax.inference.FlaxPredictor)."""
+def load_predictor(path, arch: str | None = None, engine: str = "auto"):
+  """A predictor for any kind of model path: onnxruntime for .onnx, else the model on
+  `engine` (crfiqa_jax.engines: "auto" runs it through onnxruntime on a CPU host, through
+  crfiqa_jax.inference.FlaxPredictor on this process's devices otherwise)."""
+  from crfiqa_jax import engines
   path = Path(path)
   if _kind_of_existing(path) == "onnx":
-    return OnnxPredictor(path)
+    if engine == "jax":
+      raise ValueError(f"{path} is an ONNX file: it runs on onnxruntime, not --engine=jax")
+    return OnnxPredictor(path, options=engines.session_options())
   model, variables, info = load_model(path, arch)
-  return inference.FlaxPredictor(model, variables, image_size=info.get("image_size", 112))
+  return engines.make_predictor(model, variables, info, engine=engine, source=path)
 
 
 def read_workdir(workdir) -> tuple[dict, dict, int]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crfiqa_jax import checkpoints, cli, dlib_fr, erc, inference, pairsets, reports
+from crfiqa_jax import checkpoints, cli, dlib_fr, engines, erc, inference, pairsets, reports
 from crfiqa_jax.reports import FMRS
 
 log = logging.getLogger(__name__)
@@ -37,15 +37,16 @@ def _spec(s: str) -> tuple[str, str]:
 def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_dir: Path, *,
                fmrs=("1e-2", "1e-3", "1e-4"), modes=erc.MODES, arch: str | None = None,
                discard_limit: float | None = None, batch_size: int = 64,
-               pair_quality: str = "min", standard_fmrs=reports.STANDARD_FMRS) -> dict:
+               pair_quality: str = "min", standard_fmrs=reports.STANDARD_FMRS,
+               engine: str = "auto") -> dict:
   """Evaluates every quality source with every FR source on every benchmark; writes into
   `out_dir` results.json with both tables (crfiqa_jax.reports: "erc" = released, "standard"
   = fiqat's EDC), auc_table.csv (released AUCs), pauc_table.csv (standard pAUC@0.2, raw and
   minus the theoretical best) and a PNG per benchmark × FR × FMR × mode (released) and per
-  benchmark × FR × FMR (standard)."""
+  benchmark × FR × FMR (standard). Models run on `engine` (crfiqa_jax.engines)."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  models = _Models(arch, batch_size)
+  models = _Models(arch, batch_size, engine)
   with_random = any(_spec(q)[1] == "random" for q in qualities)
   results: dict = {}
   for spec in benchmarks:
@@ -70,13 +71,13 @@ def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_
 class _Models:
   """Model sources, each loaded once, streamed over a benchmark's images."""
 
-  def __init__(self, arch: str | None, batch_size: int):
-    self.arch, self.batch_size, self.predictors = arch, batch_size, {}
+  def __init__(self, arch: str | None, batch_size: int, engine: str = "auto"):
+    self.arch, self.batch_size, self.engine, self.predictors = arch, batch_size, engine, {}
 
   def run(self, src: str, bench, features: str):
     """(features, quality) of the benchmark's images with the model at `src`."""
     if src not in self.predictors:
-      self.predictors[src] = checkpoints.load_predictor(src, self.arch)
+      self.predictors[src] = checkpoints.load_predictor(src, self.arch, self.engine)
     feats, q, failures = inference.extract(
         self.predictors[src], bench.source, features=features, batch_size=self.batch_size,
         dtype=np.float32, desc=f"{bench.name} × {Path(src).name}")
@@ -175,6 +176,7 @@ def main(argv=None) -> int:
                  help="also report the released-grid trapezoidal partial AUC up to this "
                       "reject ratio (the standard table always has pAUC@0.2)")
   p.add_argument("--arch", default=None, help="architecture of .pth checkpoints")
+  engines.add_argument(p)
   p.add_argument("--pair-quality", default="min", choices=reports.PAIR_QUALITY,
                  help="pair quality from the two images' qualities")
   args = p.parse_args(argv)
@@ -188,7 +190,7 @@ def main(argv=None) -> int:
       raise ValueError(f"unknown FMR/mode {bad}; FMRs {sorted(FMRS)}, modes {erc.MODES}")
     run_report(args.benchmark, args.quality, args.fr, Path(args.out), fmrs=fmrs,
                modes=args.modes.split(","), arch=args.arch, discard_limit=args.discard_limit,
-               pair_quality=args.pair_quality)
+               pair_quality=args.pair_quality, engine=args.engine)
     print(f"wrote {args.out}/results.json, auc_table.csv, pauc_table.csv and plots",
           file=sys.stderr)
 

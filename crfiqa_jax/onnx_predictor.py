@@ -26,12 +26,14 @@ class OnnxPredictor:
   with a fixed batch is fed in chunks of that size, the last one padded.
   """
 
-  def __init__(self, path, providers: Sequence[str] | None = None, threads: int = 0):
+  def __init__(self, path, providers: Sequence[str] | None = None, threads: int = 0,
+               options=None):
     ort = onnxruntime()
     if not Path(path).is_file():
       raise FileNotFoundError(f"no ONNX file at {path}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
+    opts = options or ort.SessionOptions()  # crfiqa_jax.engines.session_options: tuned
+    if options is None:
+      opts.intra_op_num_threads = threads
     try:
       self.session = ort.InferenceSession(str(path), opts,
                                           providers=providers or ["CPUExecutionProvider"])

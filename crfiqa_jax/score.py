@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crfiqa_jax import calibration, checkpoints, cli, faces, inference
+from crfiqa_jax import calibration, checkpoints, cli, engines, faces, inference
 from crfiqa_jax.data.converters import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,10 @@ class Scorer:
     return feats, quality
 
   @classmethod
-  def from_checkpoint(cls, path, arch: str | None = None, *, batch_size: int = 64) -> "Scorer":
-    """For any model path crfiqa_jax.checkpoints knows."""
-    return cls(checkpoints.load_predictor(path, arch), batch_size=batch_size)
+  def from_checkpoint(cls, path, arch: str | None = None, *, batch_size: int = 64,
+                      engine: str = "auto") -> "Scorer":
+    """For any model path crfiqa_jax.checkpoints knows, on `engine` (crfiqa_jax.engines)."""
+    return cls(checkpoints.load_predictor(path, arch, engine), batch_size=batch_size)
 
 
 def _face_source(rows: faces.FaceRows) -> inference.ImageSource:
@@ -154,9 +155,9 @@ def score_to_csv(predictor, names: Sequence[str], source: inference.ImageSource,
 
 
 def _join_parts(output: Path, parts: list[Path]):
-  with open(output, "w", newline="") as out:
+  with open(output, "wb") as out:  # bytes: the parts' \r\n line ends kept as csv wrote them
     for k, p in enumerate(parts):
-      lines = p.read_text().splitlines(keepends=True)
+      lines = p.read_bytes().splitlines(keepends=True)
       out.writelines(lines if k == 0 else lines[1:])
   for p in parts:
     p.unlink()
@@ -168,7 +169,7 @@ def run(args) -> int:
   if not paths:
     raise ValueError(f"no images found in {args.input}")
   cal = calibration.load(args.checkpoint) if args.calibrated else None
-  predictor = checkpoints.load_predictor(args.checkpoint, args.arch)
+  predictor = checkpoints.load_predictor(args.checkpoint, args.arch, args.engine)
   if args.detect:  # raw photos: one row per photo (or per face), aligned on the fly
     rows = faces.FaceRows(paths, rule=args.face, all_faces=args.all_faces,
                           size=predictor.image_size, save_dir=args.save_aligned,
@@ -216,6 +217,7 @@ def main(argv=None) -> int:
   p.add_argument("--arch", default=None, help="architecture of a .pth checkpoint")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--strict", action="store_true", help="refuse images of the wrong size")
+  engines.add_argument(p)
   p.add_argument("--detect", action="store_true",
                  help="inputs are raw photos: detect, choose and align a face ([detect] extra)")
   p.add_argument("--face", choices=("center", "largest"), default="center",
