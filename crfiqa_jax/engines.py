@@ -7,7 +7,8 @@
   onnxruntime's CPU kernels (`onnx_predictor.OnnxPredictor`), with a session tuned by
   `session_options`;
 * `auto` (the default) — onnxruntime when JAX's backend is the CPU, onnxruntime is
-  installed and the model is an iResNet; JAX otherwise (GPU and TPU hosts).
+  installed and the model is an iResNet of the released widths (64-512 channels); JAX
+  otherwise (GPU and TPU hosts, and the narrow demo net, which JAX runs faster).
 
 On a 2-core Intel Xeon (AVX-512, AMX), iResNet50, batch 32: the forward 1.3× JAX's and on
 par with PyTorch's (1.01–1.04×); `score` end to end on 2,000 aligned JPEGs 1.7× the JAX
@@ -70,9 +71,20 @@ def choose(engine: str, model=None) -> str:
                        f"this model is a {type(model).__name__}")
     return engine
   import jax
-  if jax.default_backend() == "cpu" and have_onnxruntime() and exportable:
+  if jax.default_backend() == "cpu" and have_onnxruntime() and exportable and _wide(model):
     return "onnxruntime"
   return "jax"
+
+
+# onnxruntime wins on the released widths; on the tiny test/demo net (8-32 channels) JAX's
+# fused XLA:CPU program is faster: iresnet_tiny at batch 128, 2-core Xeon with a training
+# job beside it, JAX 431 vs onnxruntime 342 images/s (benchmarks/score.py --arch
+# iresnet_tiny; docs/engines.md).
+MIN_ONNX_WIDTH = 64
+
+
+def _wide(model) -> bool:
+  return model is None or min(getattr(model, "widths", (MIN_ONNX_WIDTH,))) >= MIN_ONNX_WIDTH
 
 
 def _exportable(model) -> bool:
