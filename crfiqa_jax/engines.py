@@ -21,7 +21,7 @@ on iResNet50, but the quality ranking of the trained models on real faces fell s
 The ONNX file is exported once per set of weights and cached (`onnx_file`): beside the
 model when its folder is writable, else in `cache_dir()`. Its name holds `weights_key`, a
 hash of every variable's path, dtype, shape and bytes, the architecture and the source of
-crfiqa_jax/export.py and crfiqa_jax/models.py, so changed weights (a new checkpoint step, a
+crfiqa_jax/onnx_graph.py and crfiqa_jax/models.py, so changed weights (a new checkpoint step, a
 re-converted .pth) or a changed exporter get a new file, never a stale one. A new export
 is checked against the JAX model on random inputs (max relative difference ≤ 1e-4) before
 it is used.
@@ -97,9 +97,9 @@ def weights_key(model, variables, info: dict) -> str:
   of the exporter and of the models, and every variable (path, dtype, shape, bytes)."""
   import jax
 
-  from crfiqa_jax import export, models
+  from crfiqa_jax import models, onnx_graph
   h = hashlib.blake2b(digest_size=16)
-  for module in (export, models):
+  for module in (onnx_graph, models):
     h.update(Path(module.__file__).read_bytes())
   h.update(repr((FORMAT, str(info.get("arch")), tuple(model.stage_sizes), tuple(model.widths),
                  int(model.embedding_dim), int(info.get("image_size", 112)))).encode())
@@ -158,18 +158,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def onnx_file(model, variables, info: dict, *, source=None) -> Path:
   """The ONNX file computing (model, variables) in eval mode, exported and checked on first
   use, then read from the cache (see the module doc)."""
-  from crfiqa_jax import export
+  from crfiqa_jax import onnx_graph
   key = weights_key(model, variables, info)
   path = cache_path(source, key)
   if path.is_file():
     log.info("onnxruntime engine: cached %s", path)
     return path
   log.info("onnxruntime engine: exporting the model once to %s", path)
-  proto = export.onnx_model(model, variables, info)
+  proto = onnx_graph.onnx_model(model, variables, info)
   tmp = path.with_name(path.name + f".check-{os.getpid()}")
   _atomic_write(tmp, proto.SerializeToString())
   try:
-    diff = export._verify_onnx(tmp, model, variables, "nchw", export.OUTPUTS, "dynamic",
+    diff = onnx_graph.verify_onnx(tmp, model, variables, "nchw", onnx_graph.OUTPUTS, "dynamic",
                                int(info.get("image_size", 112)))
     if max(diff.values()) > TOLERANCE:
       raise ValueError(f"the ONNX export of {source} differs from the JAX model by {diff} "
