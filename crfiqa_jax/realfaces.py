@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from crfiqa_jax import reports
-from crfiqa_jax.data.records import RecordSource, decode_image
+from crfiqa_jax import checkpoints, dlib_fr, inference, models, reports
+from crfiqa_jax.data.records import RecordSource, decode_image, read_info
+from crfiqa_jax.inference import ImageSource, SkipImage
+from crfiqa_jax.input_pipeline import fit_image
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,6 @@ METADATA_BASELINES = {"face_size": "eye_distance", "detector": "det_score",
 
 def read_pairs(data_dir, split: str = "test"):
   """(metadata per image, a, b, genuine) of a verification split, no image decoded."""
-  from crfiqa_jax.data.records import read_info
   src = RecordSource(data_dir, split)
   meta = [json.loads(src[i]["metadata"] or "{}") for i in range(len(src))]
   pairs = read_info(data_dir).get(f"{split}_pairs")
@@ -57,8 +60,6 @@ def read_pairs(data_dir, split: str = "test"):
 def records_at(data_dir, split: str, size: int | None):
   """The split's images as an inference.ImageSource, resized to size × size when they are
   larger (as training does: input_pipeline.fit_image), without a warning per image."""
-  from crfiqa_jax.inference import ImageSource, SkipImage
-  from crfiqa_jax.input_pipeline import fit_image
   src = RecordSource(data_dir, split)
 
   def load(i):
@@ -88,7 +89,6 @@ def model_outputs(predictor, data_dir, split: str = "test", *, batch_size: int =
                   features: str = "concat", desc: str = "held-out faces"):
   """(features or None, quality [N]) of a predictor over the split at its input size; a
   failed image is an error here (the split was checked when it was written)."""
-  from crfiqa_jax import inference
   feats, quality, failures = inference.extract(
       predictor, records_at(data_dir, split, predictor.image_size), features=features,
       batch_size=batch_size, desc=desc)
@@ -100,7 +100,6 @@ def model_outputs(predictor, data_dir, split: str = "test", *, batch_size: int =
 
 def compare_qualities(spec: str, data_dir, split: str = "test") -> dict[str, np.ndarray]:
   """"NAME=PATH,..." → {NAME: quality [N]} of each model (any path `score` accepts)."""
-  from crfiqa_jax import checkpoints
   out = {}
   for item in filter(None, (s.strip() for s in spec.split(","))):
     name, sep, path = item.partition("=")
@@ -115,7 +114,6 @@ def compare_qualities(spec: str, data_dir, split: str = "test") -> dict[str, np.
 
 def dlib_features(data_dir, split: str = "test") -> np.ndarray | None:
   """dlib descriptors [N, 128] of the split (cached beside it), or None without [dlib]."""
-  from crfiqa_jax import dlib_fr
   try:
     dlib_fr.model_dir()
   except (ImportError, ValueError) as e:
@@ -199,11 +197,6 @@ def write_scores(path: Path, meta: list[dict], qualities: dict[str, np.ndarray])
 def evaluate_state(state, config, out_dir: Path, *, started: float | None = None):
   """The trained state's report on config.eval_data_dir's "test" pairs into out_dir (process
   0 writes it and returns the metrics; the others return None)."""
-  import time
-
-  import jax
-
-  from crfiqa_jax import inference, models
   t0 = time.perf_counter()
   meta, a, b, genuine = read_pairs(config.eval_data_dir)
   model = models.create_model(config.model, embedding_dim=config.embedding_dim)

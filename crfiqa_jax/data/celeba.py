@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crfiqa_jax import faces
 from crfiqa_jax.data import converters, records
 
 IDENTITY_FILE = "identity_CelebA.txt"
@@ -114,7 +115,6 @@ def sharpness(crop: np.ndarray) -> float:
 
 def _face(path: Path, size: int, marks: np.ndarray | None, rule: str, stats):
   """(aligned JPEG bytes, metadata) of one photo, or None (counted)."""
-  from crfiqa_jax import faces
   try:
     image, warning = records.decode_checked(path.read_bytes(), exif_orientation=True)
   except Exception as e:  # any unreadable or undecodable file is a counted skip
@@ -143,7 +143,6 @@ def celeba_splits(root: str | Path, *, image_size: int | None, stats: converters
                   landmarks: bool = True, workers: int | None = None):
   """(splits, num_classes, metadata) for records.write_records; see the module docstring.
   landmarks=False ignores a landmark file and detects every face."""
-  from crfiqa_jax import faces
   root = Path(root)
   if not root.is_dir():
     raise FileNotFoundError(f"{root} is not a directory (expected CelebA's root folder)")
