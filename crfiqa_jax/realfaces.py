@@ -44,8 +44,7 @@ METADATA_BASELINES = {"face_size": "eye_distance", "detector": "det_score",
 
 def read_pairs(data_dir, split: str = "test"):
   """(metadata per image, a, b, genuine) of a verification split, no image decoded."""
-  src = RecordSource(data_dir, split)
-  meta = [json.loads(src[i]["metadata"] or "{}") for i in range(len(src))]
+  _, meta = RecordSource(data_dir, split).labels_and_metadata()
   pairs = read_info(data_dir).get(f"{split}_pairs")
   if not isinstance(pairs, list) or not pairs:
     raise ValueError(f"eval_data_dir {data_dir} split {split!r} has no verification pairs "
