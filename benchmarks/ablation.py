@@ -135,10 +135,10 @@ def prepare_data(data: Path, overrides: list[str]) -> None:
   """Generates the demo's synthetic data (with `overrides`) into `data` once, before any
   run, so that parallel runs never race to write it (or checks the data already there)."""
   sys.path.insert(0, str(ROOT))
-  from crfiqa_jax import main as main_lib
+  from crfiqa_jax.train import config as config_lib
   from crfiqa_jax.data import synthetic
   kv = dict(o[len("--config."):].split("=", 1) for o in overrides if o.startswith("--config."))
-  config = main_lib.load_config("demo", kv)
+  config = config_lib.load_config("demo", kv)
   config.data_dir = str(data)
   synthetic.ensure_dataset(config)
 

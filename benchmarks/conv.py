@@ -1,4 +1,4 @@
-"""3×3 convolutions on this CPU: gradients (XLA's own vs crfiqa_jax.conv's matmul weight
+"""3×3 convolutions on this CPU: gradients (XLA's own vs crfiqa_jax.models.conv's matmul weight
 gradient) and, with --forward, the forward (XLA's vs two matmul lowerings vs PyTorch).
 
     python benchmarks/conv.py [--batch 64] [--repeats 10]
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from crfiqa_jax import conv
+from crfiqa_jax.models import conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 LAYERS = [  # (spatial size, Cin, Cout, stride)

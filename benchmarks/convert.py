@@ -4,7 +4,7 @@
 
 For each arch: a PyTorch iResNet in the released layout (tests/torch_iresnet.py) with
 random weights and BN statistics, saved with torch.save; converted with the torch-free
-reader (`convert.from_torch(path)` in a fresh process, so its peak RSS is the converter's);
+reader (`torch_import.from_torch(path)` in a fresh process, so its peak RSS is the converter's);
 embeddings and quality on 4 random faces compared in eval mode (max abs and max relative
 difference, relative to the largest PyTorch magnitude). Needs the [torch] extra.
 """
@@ -25,9 +25,11 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 sys.modules["torch"] = None  # prove the torch-free path
-from crfiqa_jax import convert
+from crfiqa_jax.serve import convert
+from crfiqa_jax.serve import pth
+from crfiqa_jax.serve import torch_import
 t = time.perf_counter()
-v = convert.from_torch(sys.argv[1], sys.argv[2])
+v = torch_import.from_torch(sys.argv[1], sys.argv[2])
 dt = time.perf_counter() - t
 np.savez(sys.argv[3], **{"/".join(map(str, k)): np.asarray(x) for k, x in
          __import__("jax").tree_util.tree_flatten_with_path(v)[0]})
@@ -43,7 +45,9 @@ def main():
   import torch
 
   import torch_iresnet
-  from crfiqa_jax import convert, models
+  from crfiqa_jax import models
+  from crfiqa_jax.serve import pth
+  from crfiqa_jax.serve import torch_import
   for arch in args.archs.split(","):
     ref = torch_iresnet.randomize_(torch_iresnet.make(arch)).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +57,7 @@ def main():
       r = subprocess.run([sys.executable, "-c", CHILD, str(pth), arch, str(Path(tmp) / "v.npz")],
                          capture_output=True, text=True, check=True)
       cost = json.loads(r.stdout.strip().splitlines()[-1])
-      variables = convert.from_torch(pth, arch)
+      variables = torch_import.from_torch(pth, arch)
     x = np.random.default_rng(0).uniform(-1, 1, (4, 112, 112, 3)).astype(np.float32)
     with torch.no_grad():
       e_t, q_t = (t.numpy() for t in ref(torch.from_numpy(x.transpose(0, 3, 1, 2))))

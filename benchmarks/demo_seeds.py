@@ -1,5 +1,5 @@
 """Is the demo healthy on every seed? Trains `--config=demo` variants over seeds and checks
-each run against the demo's targets (issue 11):
+each run against the demo's targets (docs/demo.md):
 
     python benchmarks/demo_seeds.py [--out runs/demo_seeds] [--seeds 0 1 2]
         [--variant NAME KEY=VALUE ...] [--parallel N] [--methods cr_paper igfiqa]
@@ -94,10 +94,10 @@ def main(argv=None):
 
 def _data_key(overrides: list[str]) -> str:
   """A short name for the synthetic data a variant's overrides describe."""
-  from crfiqa_jax import main as main_lib
+  from crfiqa_jax.train import config as config_lib
   from crfiqa_jax.data import synthetic
   kv = dict(o[len("--config."):].split("=", 1) for o in overrides)
-  c = main_lib.load_config("demo", kv)
+  c = config_lib.load_config("demo", kv)
   params = synthetic.generator_params(image_size=c.image_size, **c.synthetic.to_dict())
   return "_".join(str(params[k]) for k in sorted(params))
 

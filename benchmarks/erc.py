@@ -1,4 +1,4 @@
-"""ERC speed: crfiqa_jax.erc (recomputed mode) vs a straightforward port of the released
+"""ERC speed: crfiqa_jax.evaluation.erc (recomputed mode) vs a straightforward port of the released
 script's algorithm (tests/released_erc.py: per ratio a Python sort of (score, label)
 tuples, np.unique, the ROC, and a Python loop over genuine distances).
 
@@ -11,8 +11,8 @@ The FNMRs must be identical; the script asserts it. The baseline is slow: with
 --baseline-ratios K < 20 it runs the first K ratios and its time is scaled by 20/K
 (printed as an extrapolation; an overestimate, as later ratios keep fewer pairs).
 Times are given as wall clock and as CPU time of this process (all threads): on a shared
-machine the CPU times are the steadier figure. crfiqa_jax.erc runs three times (median
-reported, the first call too); the baseline once. Also times `erc.edc` (fiqat's FNMR EDC at
+machine the CPU times are the steadier figure. crfiqa_jax.evaluation.erc runs three times (median
+reported, the first call too); the baseline once. Also times `edc.edc` (fiqat's FNMR EDC at
 FMR 1e-3) and its pAUC on the same pairs.
 """
 
@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from crfiqa_jax import erc  # noqa: E402
+from crfiqa_jax.evaluation import edc
+from crfiqa_jax.evaluation import erc
 import released_erc  # noqa: E402
 
 
@@ -48,11 +49,11 @@ def main():
   runs = [_timed(erc.error_versus_reject, sim, gen, qual, fmr=fmrs) for _ in range(3)]
   ours = runs[0][0]
   t_ours = tuple(np.median([t for _, t in runs], axis=0))
-  print(f"crfiqa_jax.erc  {n:,} pairs, 20 ratios × 3 FMRs: {_fmt(t_ours)} (median of 3; "
+  print(f"crfiqa_jax.evaluation.erc  {n:,} pairs, 20 ratios × 3 FMRs: {_fmt(t_ours)} (median of 3; "
         f"first call {_fmt(runs[0][1]).strip()})")
-  (x, y, _), t_edc = _timed(erc.edc, sim, gen, qual, fmr=1e-3)
-  print(f"crfiqa_jax.erc.edc (FNMR, FMR 1e-3, {len(x):,} points) + pAUC@0.2 "
-        f"{erc.edc_pauc(x, y):.4f}: {_fmt(t_edc)}")
+  (x, y, _), t_edc = _timed(edc.edc, sim, gen, qual, fmr=1e-3)
+  print(f"crfiqa_jax.evaluation.edc.edc (FNMR, FMR 1e-3, {len(x):,} points) + pAUC@0.2 "
+        f"{edc.edc_pauc(x, y):.4f}: {_fmt(t_edc)}")
 
   k = args.baseline_ratios
   ratios = erc.RELEASED_RATIOS[:k]

@@ -29,7 +29,8 @@ def main():
   p.add_argument("--batch", type=int, default=128)
   args = p.parse_args()
 
-  from crfiqa_jax import input_pipeline, prepare
+  from crfiqa_jax.data import prepare
+  from crfiqa_jax.train import input_pipeline
   from crfiqa_jax.data import recordio, synthetic
 
   tmp = Path(tempfile.mkdtemp())

@@ -3,11 +3,11 @@
     python benchmarks/int8.py --checkpoint=runs/demo --faces=aligned/ \\
         [--identities=identity_CelebA.txt] [--calibration=256] [--pairs=200000]
 
-The model's float32 ONNX export (crfiqa_jax.engines' cached file) is quantised statically
+The model's float32 ONNX export (crfiqa_jax.serve.engines' cached file) is quantised statically
 to int8 by onnxruntime.quantization (`quantize`: QDQ, weights int8 per output channel,
 activations uint8 from min/max calibration on the last --calibration faces of --faces,
 which are then left out of the comparison). On the other faces it prints the Spearman
-rank correlation of the two quality vectors (the bar for an int8 engine: ≥ 0.999), the
+rank correlation of the two quality vectors (an engine must keep ≥ 0.999 to serve), the
 largest quality difference and both sessions' images/s (forward only, batch 64). With
 --identities (lines `IMAGE_NAME IDENTITY`, CelebA's identity_CelebA.txt), also the ERC
 under each quality vector: all genuine pairs plus up to --pairs random impostor pairs,
@@ -15,7 +15,7 @@ similarity = cosine of the float32 embeddings, FNMR at FMR 1e-3 (recomputed thre
 the released script's) per reject ratio, and its AUC.
 
 Measured with the demo model and a CelebA-trained one (docs/engines.md): Spearman 0.995
-and 0.9989, below the bar; int8 is therefore not an engine of crfiqa_jax.
+and 0.9989, below 0.999; int8 is therefore not an engine of crfiqa_jax.
 """
 
 import argparse
@@ -52,7 +52,8 @@ def quantize(fp32_path, calibration: np.ndarray) -> bytes:
 
 
 def nchw(images: np.ndarray) -> np.ndarray:
-  return np.ascontiguousarray(((images.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2))
+  from crfiqa_jax import models
+  return np.ascontiguousarray(models.normalize(images).transpose(0, 3, 1, 2))
 
 
 def main():
@@ -66,9 +67,14 @@ def main():
   import onnxruntime as ort
   from scipy import stats
 
-  from crfiqa_jax import checkpoints, engines, erc, inference, score
+  from crfiqa_jax import models
+  from crfiqa_jax.evaluation import erc
+  from crfiqa_jax.serve import engines
+  from crfiqa_jax.serve import inference
+  from crfiqa_jax.serve import model_io
+  from crfiqa_jax.serve import score
   from crfiqa_jax.data.records import decode_image
-  model, variables, info = checkpoints.load_model(args.checkpoint)
+  model, variables, info = model_io.load_model(args.checkpoint)
   fp32 = engines.onnx_file(model, inference.host_local(variables), info, source=args.checkpoint)
   names = score.list_inputs(args.faces)
   size = int(info.get("image_size", 112))
@@ -108,7 +114,7 @@ def main():
   sel = lab[ia] != lab[ib]
   a, b = np.r_[ga, ia[sel]], np.r_[gb, ib[sel]]
   genuine = np.r_[np.ones(len(ga), bool), np.zeros(sel.sum(), bool)]
-  e = inference.l2_normalize(f32[idx])
+  e = models.l2_normalize(f32[idx])
   sim = np.einsum("ij,ij->i", e[a], e[b])
   ratios = np.arange(0, 0.55, 0.05)
   print(f"ERC: {len(ga)} genuine, {sel.sum()} impostor pairs; FNMR at FMR 1e-3 for reject "

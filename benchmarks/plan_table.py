@@ -27,7 +27,7 @@ def row_key(r):
 
 
 def markdown(rows):
-  from crfiqa_jax import plan
+  from crfiqa_jax.train import plan
   gib = lambda b: "?" if b is None else f"{b / 2**30:.1f}"  # noqa: E731
   out = ["| topology (chips) | classes | centres | dtype | GiB/device (HBM) | fits | "
          "TFLOP/step | h at 100% MFU | chip-h at peak | MFU for 24 h |",
@@ -51,8 +51,8 @@ def markdown(rows):
 
 def main():
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-  from crfiqa_jax import main as cli
-  from crfiqa_jax import plan
+  from crfiqa_jax.train import config as config_lib
+  from crfiqa_jax.train import plan
   p = argparse.ArgumentParser()
   p.add_argument("--config", default="large")
   p.add_argument("--out", required=True)
@@ -66,7 +66,7 @@ def main():
     if spec in have:
       continue
     topology, classes, layout, dtype = spec.split("/")
-    config = cli.load_config(args.config, {"dtype": DTYPES[dtype],
+    config = config_lib.load_config(args.config, {"dtype": DTYPES[dtype],
                                            "shard_centres": str(layout == "shard").lower()})
     r = plan.plan(config, plan.topology_devices(topology), num_classes=int(classes),
                   num_examples=config.paper_num_examples, hours=args.hours)

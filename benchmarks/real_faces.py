@@ -10,7 +10,7 @@ sample will do). Nothing of it is copied into the repository. Steps, each timed:
 2. The synthetic-only baseline: `--config=demo` into OUT/demo_s0 (or `--demo=WORKDIR`),
    the model a user gets without real data, scored on the same held-out photos.
 3. For every variant and seed: `--config=celeba` plus the variant's overrides into
-   OUT/VARIANT_sSEED; its held-out report (crfiqa_jax.realfaces) scores the learned quality
+   OUT/VARIANT_sSEED; its held-out report (crfiqa_jax.evaluation.realfaces) scores the learned quality
    and every baseline on the same pairs.
 
 Variants (overrides of configs/celeba.py):

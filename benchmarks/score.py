@@ -1,8 +1,8 @@
 """Scoring speed: images/s of quality inference (iResNet50 at 112×112 by default) on this
 machine for every engine, side by side in one process:
 
-* JAX — `inference.FlaxPredictor` through `score.Scorer` (uint8 in, normalised on device);
-* onnxruntime — the model's cached ONNX export (crfiqa_jax.engines), tuned session;
+* JAX — `inference.FlaxPredictor` through `scorer.Scorer` (uint8 in, normalised on device);
+* onnxruntime — the model's cached ONNX export (crfiqa_jax.serve.engines), tuned session;
 * onnxruntime int8 — with --int8, a static int8 quantisation of that file
   (benchmarks/int8.py; not an engine of crfiqa_jax: it does not keep the ranking);
 * PyTorch — the same architecture (tests/torch_iresnet.py), eval mode, inference_mode,
@@ -40,8 +40,8 @@ def _int8(model, variables, info, cache):
   """The model quantised to int8 (calibrated on random images: speed only)."""
   import int8
 
-  from crfiqa_jax import engines
-  from crfiqa_jax.onnx_predictor import OnnxPredictor
+  from crfiqa_jax.serve import engines
+  from crfiqa_jax.serve.onnx_predictor import OnnxPredictor
   fp32 = engines.onnx_file(model, variables, info, source=cache)
   calib = np.random.default_rng(1).uniform(-1, 1, (32, 3, 112, 112)).astype(np.float32)
   path = cache / "int8.onnx"
@@ -60,7 +60,10 @@ def main():
   import jax
   import jax.numpy as jnp
 
-  from crfiqa_jax import engines, inference, models, score
+  from crfiqa_jax import models
+  from crfiqa_jax.serve import engines
+  from crfiqa_jax.serve import inference
+  from crfiqa_jax.serve import scorer
   model = models.create_model(args.arch)
   variables = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 112, 112, 3))))()
   variables = inference.host_local(variables)
@@ -94,11 +97,11 @@ def main():
     imgs = np.random.default_rng(0).integers(0, 255, (batch, 112, 112, 3), dtype=np.uint8)
     runs = {}
     for k, pred in predictors.items():
-      scorer = score.Scorer(pred, batch_size=batch)
-      scorer(imgs)  # compile / warm up
-      runs[k] = lambda s=scorer: s(imgs)
+      s = scorer.Scorer(pred, batch_size=batch)
+      s(imgs)  # compile / warm up
+      runs[k] = lambda s=s: s(imgs)
     if torch is not None:
-      x = torch.from_numpy((imgs.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5)
+      x = torch.from_numpy(np.ascontiguousarray(models.normalize(imgs).transpose(0, 3, 1, 2)))
       x_cl = x.contiguous(memory_format=torch.channels_last)
 
       def torch_run(m, x):

@@ -31,7 +31,8 @@ import sys, numpy as np, torch
 from PIL import Image
 sys.path.insert(0, {tests!r})
 import torch_iresnet
-from crfiqa_jax import score
+from crfiqa_jax import models
+from crfiqa_jax.serve import score
 torch.set_num_threads({threads})
 names = score.list_inputs({faces!r})
 model = torch_iresnet.make({arch!r}).eval()
@@ -39,7 +40,7 @@ out = []
 with torch.inference_mode():
   for s in range(0, len(names), {batch}):
     x = np.stack([np.asarray(Image.open(n).convert("RGB")) for n in names[s:s + {batch}]])
-    x = torch.from_numpy((x.astype(np.float32).transpose(0, 3, 1, 2) - 127.5) / 127.5)
+    x = torch.from_numpy(np.ascontiguousarray(models.normalize(x).transpose(0, 3, 1, 2)))
     out.append(model(x)[1].numpy())
 print(len(np.concatenate(out)))
 """
@@ -68,7 +69,8 @@ def main():
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--torch-arch", default=None)
   args = p.parse_args()
-  from crfiqa_jax import engines, score
+  from crfiqa_jax.serve import engines
+  from crfiqa_jax.serve import score
   n = len(score.list_inputs(args.input))
   tmp = Path(tempfile.mkdtemp(prefix="score_e2e_"))
   (tmp / "warm.txt").write_text("\n".join(score.list_inputs(args.input)[:8]))

@@ -3,7 +3,7 @@
     python benchmarks/train_step.py [--arch iresnet50] [--batch 8] [--steps 10]
         [--conv-grad auto matmul xla] [--torch-variants eager channels_last compile]
 
-JAX: the jitted `train.train_step` (iResNet, ArcFace + CR loss, SGD + weight decay +
+JAX: the jitted `step.train_step` (iResNet, ArcFace + CR loss, SGD + weight decay +
 backbone clipping) on one device, once per --conv-grad choice (models.IResNet.conv_grad:
 "auto" and each of its alternatives); the ratio of each to the fastest is printed, so
 `auto` can be checked to be the fastest or within 3 %. PyTorch (when installed): the same
@@ -49,7 +49,7 @@ def peak_flops(device_kind: str, dtype: str):
 def step_flops(step_fn, *args) -> float:
   """FLOPs of one step from XLA's cost analysis of a CPU lowering of it: on a GPU the
   compiled module's convolutions are cuDNN custom calls that its own cost analysis does not
-  count (an H200 run reported 0.33 GFLOP per iResNet-50 image, 40× too few)."""
+  count (docs/gpu.md: it reported 0.33 of the 36.1 GFLOP of an iResNet50 image's step)."""
   lowered = step_fn.trace(*args).lower(lowering_platforms=("cpu",))
   cost = lowered.cost_analysis()
   return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
@@ -59,11 +59,13 @@ def bench_jax(arch, batch, steps, classes, dtype, conv_grad="auto"):
   import jax
   import numpy as np
 
-  from crfiqa_jax import main, sharding, train
-  cfg = main.load_config("base", {"model": arch, "batch_size": str(batch), "dtype": dtype,
-                                  "conv_grad": conv_grad})
+  from crfiqa_jax import sharding
+  from crfiqa_jax.train import config as config_lib
+  from crfiqa_jax.train.trainer import Trainer
+  cfg = config_lib.load_config("base", {"model": arch, "batch_size": str(batch), "dtype": dtype,
+                                        "conv_grad": conv_grad})
   mesh = sharding.make_mesh(jax.devices()[:1])
-  trainer = train.Trainer(cfg, num_classes=classes, num_examples=batch * 100, mesh=mesh)
+  trainer = Trainer(cfg, num_classes=classes, num_examples=batch * 100, mesh=mesh)
   state = trainer.init()
   rng = np.random.default_rng(0)
   b = sharding.global_batch(

@@ -55,7 +55,7 @@ OUT.mkdir(exist_ok=True)
 # %% [markdown]
 # ## Your photos
 # In Colab, pick files to upload. Elsewhere, put them into `PHOTOS`. In smoke mode, or when
-# the folder is empty, the repository's test photos (`tests/data/photos`: public-domain
+# the folder is empty, the repository's test photos (`tests/fixtures/photos`: public-domain
 # portraits and a cat, which has no face and is reported as such) are used when present.
 
 # %%
@@ -67,7 +67,7 @@ if "google.colab" in sys.modules and not SMOKE:
   from google.colab import files
   for name, content in files.upload().items():
     (PHOTOS / name).write_bytes(content)
-repo_photos = Path(crfiqa_jax.__file__).parents[1] / "tests" / "data" / "photos"
+repo_photos = Path(crfiqa_jax.__file__).parents[1] / "tests" / "fixtures" / "photos"
 if (SMOKE or not any(PHOTOS.iterdir())) and repo_photos.is_dir():
   for f in repo_photos.glob("*.jpg"):
     shutil.copy(f, PHOTOS / f.name)
@@ -93,12 +93,13 @@ if WEIGHTS:
 else:
   import jax
   jax.config.update("jax_platforms", "cpu")
-  from crfiqa_jax import convert, models
+  from crfiqa_jax import models
+  from crfiqa_jax.serve import model_io
   if not (MODEL / "model.json").exists():
     stand_in = models.create_model("iresnet_tiny", embedding_dim=64)
     # An "rbg" key: the random initialiser then compiles in seconds rather than a minute.
     variables = stand_in.init(jax.random.key(0, impl="rbg"), jax.numpy.zeros((1, 112, 112, 3)))
-    convert.save_inference(MODEL, variables, arch="iresnet_tiny", embedding_dim=64,
+    model_io.save_exported(MODEL, variables, arch="iresnet_tiny", embedding_dim=64,
                            source="STAND-IN: random weights, meaningless scores")
   print("STAND-IN MODEL (random weights): the scores below mean nothing.")
 print(open(MODEL / "model.json").read())

@@ -170,12 +170,13 @@ for png in sorted(report.rglob("*recomputed.png")):
 # counts what it skipped. `--config=celeba` trains on the rest and writes the real-face
 # report: ERC tables of the learned quality against random, face size, detector confidence
 # and sharpness, under the model's own embeddings and, with the `[dlib]` extra, dlib's.
-# About 15 minutes on a 2-core CPU for a 6,000-photo sample (docs/real-faces.md).
+# About 45 minutes on a shared 2-core CPU for a 6,300-photo sample: prepare 5, train 39,
+# report 1 (docs/real-faces.md).
 # Smoke mode: a tiny CelebA-layout folder of synthetic faces with a landmark file.
 
 # %%
 if SMOKE and not CELEBA:
-  from crfiqa_jax import faces
+  from crfiqa_jax.data import faces
   from crfiqa_jax.data import synthetic
   CELEBA = WORK / "celeba_smoke"
   (CELEBA / "img_celeba").mkdir(parents=True, exist_ok=True)

@@ -28,13 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.dropout = 0.4            # before the FC layer, training only
   c.dtype = "float32"        # computation dtype; "bfloat16" for accelerators
   c.conv_grad = "auto"       # conv weight gradients: "auto" (a matmul per kernel tap on CPU,
-                             # XLA's own elsewhere), "matmul" or "xla" (crfiqa_jax.conv)
+                             # XLA's own elsewhere), "matmul" or "xla" (crfiqa_jax.models.conv)
 
   # --- Method. ---
   c.method = "crfiqa"        # "crfiqa", or "igfiqa": IG-FIQA's class-variance weights and
                              # augmented copy for the quality branch (docs/design.md, IG-FIQA)
   c.ig_backbone_grad = True  # igfiqa: the augmented quality loss also trains the backbone
-  # igfiqa: the augmented copy's degradations (crfiqa_jax.augment.AugmentParams; the paper
+  # igfiqa: the augmented copy's degradations (crfiqa_jax.train.augment.AugmentParams; the paper
   # gives no values, these are ours): per image, each with its own probability.
   c.ig_augment = ml_collections.ConfigDict(dict(
       p_rescale=0.5, min_scale=0.2, p_erase=0.5, erase_area=(0.02, 0.33),
@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.trainable = "all"        # "all", or "qs": only the quality head ("on top" ablation)
   c.init_checkpoint = ""     # backbone to start from: .pth, exported dir or workdir
   c.init_centres = "auto"    # with init_checkpoint: "auto" (the checkpoint's own, else class
-                             # means), "means", "random" or head file(s) (crfiqa_jax.warmstart)
+                             # means), "means", "random" or head file(s) (crfiqa_jax.train.warmstart)
 
   # --- Sharding. ---
   c.shard_centres = False    # split the class-centre matrix along classes over devices

@@ -6,13 +6,13 @@
 
 `prepare celeba` aligns every face (CelebA's landmarks, or MTCNN), holds out whole
 identities as verification pairs and writes the rest as the training split; the main job
-trains on the training split and then writes the real-face report (crfiqa_jax.realfaces):
+trains on the training split and then writes the real-face report (crfiqa_jax.evaluation.realfaces):
 ERC tables of the learned quality against random, face size, detector confidence,
 sharpness and any `--config.compare_quality=NAME=PATH` model, under the model's own
 embeddings and, with the [dlib] extra, dlib's. benchmarks/real_faces.py runs it over seeds
 and variants; docs/real-faces.md has the figures, the variants tried and why these values.
 
-Sized for a public CelebA sample (~6,000 photos of ~280 identities) on a 2-core CPU: the
+Sized for a public CelebA sample (~6,300 photos of ~300 identities) on a 2-core CPU: the
 demo's tiny iResNet and its recipe (ArcFace s = 32 with insightface's θ+m>π guard, no
 dropout, peak lr 0.05 at batch 64; the released s = 64 and dropout 0.4 need far more
 identities than this) at 112 px for 12 epochs, trained with IG-FIQA.

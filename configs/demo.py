@@ -7,25 +7,20 @@ images, 60 held-out identities × 10 images, each image degraded by blur, downsc
 noise, occlusion, JPEG or exposure at a known severity) into WORKDIR/data (cached), trains
 the tiny iResNet for 10 epochs through grain, the sharded jitted step and orbax, then
 scores the held-out identities and writes WORKDIR/eval/metrics.json and WORKDIR/eval/erc.png.
-About 8 minutes on this project's 2-core CPU, data included; docs/demo.md has the figures of
-seeds 0, 1 and 2.
+About 8 minutes on a 2-core CPU, data included; docs/demo.md has the figures of seeds 0, 1
+and 2 and how these values were chosen (benchmarks/demo_seeds.py).
 
-Demo-only levers (configs small/large keep the released recipe, where all are off), chosen
-with benchmarks/demo_seeds.py (docs/demo.md):
-  scale = 32         ArcFace s. At the paper's 64 this 128-d tiny net on 400 classes
-                     collapsed on every seed tried (training CCS = NNCCS, held-out Spearman
-                     ≥ 0); at 32 and 16 it trained on every seed tried.
-  dropout = 0        the released 0.4 before the FC layer starves a net this small (and
-                     drawing its mask costs about a fifth of the CPU step).
+Demo-only levers (configs small/large keep the released recipe, where all are off):
+  scale = 32         ArcFace s: at the paper's 64 this 128-d tiny net on 400 classes
+                     collapses (training CCS = NNCCS).
+  dropout = 0        the released 0.4 before the FC layer starves a net this small.
   margin_fallback    insightface's θ+m>π guard (removes the all-anti-aligned optimum).
-  lr = 0.4           peak 0.05 at batch 64 instead of the paper's 0.1 (0.1 collapsed one
-                     seed of three at s = 32).
+  lr = 0.4           peak 0.05 at batch 64 instead of the paper's 0.1, which can collapse
+                     at s = 32.
   image_size = 48, num_epochs = 10, lr decays after epochs 6 and 9: what fits 10 minutes
                      of a 2-core CPU.
   ig_augment         IG-FIQA only (--config.method=igfiqa): a milder augmented copy (the
-                     faces are degraded already; the base one missed an ERC target).
-Two further levers were tried and did not help at scale 32, so they were removed: a linear
-lr warmup and an ArcFace margin grown from 0.
+                     faces are degraded already).
 """
 
 import ml_collections

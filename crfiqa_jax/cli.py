@@ -16,6 +16,9 @@ import pickle
 import sys
 from typing import Callable, NoReturn
 
+import jax
+from absl import logging as absl_logging
+
 
 class MissingExtra(ImportError, ValueError):
   """An optional extra is not installed; the message names the pip command. A ValueError
@@ -58,10 +61,25 @@ def fail(message) -> NoReturn:
   raise SystemExit(report(message))
 
 
-def parser(prog: str, doc: str, example: str) -> ArgumentParser:
-  """`doc`'s first paragraph as the description; `example` shown at the end of --help."""
+_prog_override: str | None = None
+
+
+def set_prog(name: str):
+  """The program name --help and usage errors show (the `crfiqa` console script sets
+  "crfiqa SUBCOMMAND"; by default it is "python -m MODULE")."""
+  global _prog_override
+  _prog_override = name
+
+
+def prog(module: str) -> str:
+  return _prog_override or f"python -m {module}"
+
+
+def parser(module: str, doc: str, example: str) -> ArgumentParser:
+  """A parser for `python -m module`: `doc`'s first paragraph as the description; `example`
+  shown at the end of --help."""
   return ArgumentParser(
-      prog=f"python -m {prog}", description=doc.strip().split("\n\n")[0],
+      prog=prog(module), description=doc.strip().split("\n\n")[0],
       epilog="example:\n  " + example.strip().replace("\n", "\n  "),
       formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -79,7 +97,6 @@ def init_processes(args):
   """jax.distributed.initialize() when the flags of `add_process_flags` ask for it; before
   any jax computation."""
   if args.distributed or args.coordinator:
-    import jax
     jax.distributed.initialize(coordinator_address=args.coordinator,
                                num_processes=args.num_processes, process_id=args.process_id)
 
@@ -90,11 +107,7 @@ def quiet_logging(level: int = logging.INFO):
   logging.getLogger("crfiqa_jax").setLevel(level)
   for name in ("absl", "orbax", "grain", "tensorflow_datasets", "jax", "etils"):
     logging.getLogger(name).setLevel(logging.WARNING)
-  try:
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  except ImportError:  # absl is a dependency; this only guards odd environments
-    pass
+  absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def run(fn: Callable[[], int | None]) -> int:

@@ -54,31 +54,14 @@ def xla_flags(devices: int) -> str:
 sys.path.insert(0, str(Path(__file__).parent))  # test oracles (released_erc, torch models)
 
 
-def random_variables(model, image_size: int, seed: int = 0) -> dict:
-  """Random variables of `model` for inference tests: shapes from eval_shape, values from
-  numpy (He-scaled kernels; BN scale ≈ 1, variance 1; small biases and means). Compiling
-  `model.init` costs up to minutes on a loaded 2-core CPU; this costs milliseconds."""
-  import jax
-  import jax.numpy as jnp
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                             jnp.zeros((1, image_size, image_size, 3))))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, a):
-    noise = rng.standard_normal(a.shape).astype(np.float32)
-    if len(a.shape) > 1:
-      return noise * np.float32(np.prod(a.shape[:-1]) ** -0.5)
-    return {"var": np.ones_like(noise), "scale": 1 + 0.1 * noise}.get(path[-1].key, 0.1 * noise)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
   """An exported iresnet_tiny (random weights): (folder, model, variables)."""
-  from crfiqa_jax import convert, models
+  from crfiqa_jax import models
+  from crfiqa_jax.serve import model_io
+  from helpers import random_variables
   model = models.create_model("iresnet_tiny")
   variables = random_variables(model, 112)
   out = tmp_path_factory.mktemp("tiny_model") / "model"
-  convert.save_inference(out, variables, arch="iresnet_tiny", embedding_dim=64)
+  model_io.save_exported(out, variables, arch="iresnet_tiny", embedding_dim=64)
   return out, model, variables

@@ -18,12 +18,12 @@ import numpy as np
 def _train(data_dir, workdir, steps, out=None):
   from jax.experimental import multihost_utils
 
-  from crfiqa_jax import main as cli
-  from crfiqa_jax import train
-  from test_train import TINY
-  cfg = cli.load_config("base", dict(TINY, data_dir=data_dir, total_steps=str(steps),
+  from crfiqa_jax.train import config as config_lib
+  from crfiqa_jax.train.trainer import train
+  from helpers import TINY
+  cfg = config_lib.load_config("base", dict(TINY, data_dir=data_dir, total_steps=str(steps),
                                      shard_centres="true", checkpoint_every="100"))
-  state = train.train(cfg, workdir)
+  state = train(cfg, workdir)
   if out is not None:
     params = multihost_utils.process_allgather(state.params, tiled=True)
     if jax.process_index() == 0:

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crfiqa_jax import calibration, convert, evaluate, export, main, plan, score
+from crfiqa_jax import main
+from crfiqa_jax.evaluation import evaluate
+from crfiqa_jax.serve import calibration
+from crfiqa_jax.serve import convert
+from crfiqa_jax.serve import export
+from crfiqa_jax.serve import score
+from crfiqa_jax.train import plan
 
 
 def one_error_line(capsys, *names):
@@ -64,7 +70,6 @@ def test_truncated_pth_without_torch(tmp_path, cut_pth, faces_dir, capsys, monke
 
 
 def test_random_bytes_onnx(tmp_path, faces_dir, capsys):
-  pytest.importorskip("onnxruntime", reason="the [export] extra is not installed")
   bad = tmp_path / "bad.onnx"
   bad.write_bytes(np.random.default_rng(0).bytes(4096))
   assert run_score(tmp_path, bad, faces_dir) == 2

@@ -7,7 +7,7 @@
 
 Nothing is dropped silently. Every converter counts what it read, wrote and skipped, and
 why; the counts are printed at the end and stored in the dataset's metadata. Every image
-is decoded once, with the decoder training uses (records.decode_checked). Per case:
+is decoded once, with the decoder training uses (codecs.decode_checked). Per case:
   * undecodable image (bad JPEG header / unreadable file)   → skipped, counted
   * truncated JPEG ("Premature end of JPEG file")           → skipped, counted (undecodable)
   * JPEG with a recoverable error that libjpeg/PIL only     → kept byte for byte, counted;
@@ -37,12 +37,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import simplejpeg
+from PIL import Image
 
-from crfiqa_jax.data import recordio, records
+from crfiqa_jax.data import recordio
+from crfiqa_jax.data.codecs import IMAGE_EXTENSIONS, decode_counted, encode_jpeg
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 
 
 class Stats:
@@ -74,29 +75,26 @@ class Stats:
 
 def check_image(data: bytes, image_size: int | None, where: str, stats: Stats) -> bytes | None:
   """Decodes `data` once, as training will. Returns the bytes to store (the original, or an
-  RGB re-encoding), or None to skip; every outcome but a clean original is counted."""
-  import simplejpeg
-  try:
-    image, warning = records.decode_checked(data)
-  except Exception as e:  # any decoder failure is a counted skip, never a crash
-    stats.add("skipped: undecodable image", f"{where}: {type(e).__name__}: {e}")
+  RGB re-encoding), or None to skip; every outcome but a clean original is counted. An
+  image that decodes with a recoverable warning is kept byte for byte: the read-time
+  decoder gives the same pixels, counting the warning, and a re-encode would add a JPEG
+  generation to the very thing quality is learnt from."""
+  decoded = decode_counted(data, where, stats)
+  if decoded is None:
     return None
+  image, warning = decoded
   h, w = image.shape[:2]
   if image_size is not None and (h, w) != (image_size, image_size):
     stats.add(f"skipped: size is not {image_size}x{image_size}", f"{where} is {w}x{h}")
     return None
   if warning is not None:
-    # Kept byte for byte: the read-time decoder gives the same pixels, counting the warning;
-    # a re-encode would add a JPEG generation to the very thing quality is learnt from.
-    stats.add("kept: decodes with a warning", f"{where}: {warning}")
     return data
   if simplejpeg.is_jpeg(data):
-    if simplejpeg.decode_jpeg_header(data)[2] == "YCbCr":
+    space = simplejpeg.decode_jpeg_header(data)[2]
+    if space == "YCbCr":
       return data
-    stats.add("converted: not RGB", f"{where} JPEG colour space "
-              f"{simplejpeg.decode_jpeg_header(data)[2]}")
-    return records.encode_jpeg(image)
-  from PIL import Image
+    stats.add("converted: not RGB", f"{where} JPEG colour space {space}")
+    return encode_jpeg(image)
   with Image.open(io.BytesIO(data)) as im:
     mode = im.mode
   if mode == "RGB":
@@ -106,7 +104,6 @@ def check_image(data: bytes, image_size: int | None, where: str, stats: Stats) -
 
 
 def _png(rgb: np.ndarray) -> bytes:
-  from PIL import Image
   buf = io.BytesIO()
   Image.fromarray(rgb).save(buf, format="PNG")
   return buf.getvalue()
@@ -200,7 +197,7 @@ def insightface_splits(src: str | Path, *, image_size: int | None, stats: Stats)
 
 def folder_splits(src: str | Path, *, image_size: int | None, stats: Stats,
                   align=None):
-  """With `align` (e.g. crfiqa_jax.faces.detect_and_align), every image is a raw photo that
+  """With `align` (e.g. crfiqa_jax.data.faces.detect_and_align), every image is a raw photo that
   `align(data, size, where, stats)` turns into the JPEG of its aligned face, size
   image_size (112 if None), or None (counted there); the aligned JPEGs are kept in memory
   between the checking pass and the writing pass (~5 KB a face), not detected twice."""

@@ -18,7 +18,6 @@ interrupted conversion never looks complete.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import io
@@ -29,19 +28,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import tensorflow_datasets as tfds
+from array_record.python import array_record_data_source
+from tqdm import tqdm
+
+from crfiqa_jax.data.codecs import decode_image
 
 log = logging.getLogger(__name__)
 
 BUILDER_NAME = "face_records"
 
 
-def _tfds():
-  import tensorflow_datasets as tfds  # heavy import, only where needed
-  return tfds
-
-
 def features():
-  tfds = _tfds()
   return tfds.features.FeaturesDict({
       "image": tfds.features.Tensor(shape=(), dtype=np.object_),
       "label": tfds.features.Scalar(dtype=np.int64),
@@ -51,7 +49,6 @@ def features():
 
 @functools.cache
 def _make_builder_class():
-  tfds = _tfds()
 
   class FaceRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Face images with identity labels; see crfiqa_jax.data.records."""
@@ -103,7 +100,6 @@ def write_records(out_dir: str | Path, splits: Mapping[str, Callable[[], Iterabl
     metadata: dataset-level JSON-serialisable facts stored in dataset_info.
     num_shards: ArrayRecord files per split (default: TFDS picks by size).
   """
-  tfds = _tfds()
   target = dataset_dir(out_dir)
   if (target / "dataset_info.json").exists():
     raise FileExistsError(f"{target} already holds a dataset; remove it or choose another OUT_DIR")
@@ -123,7 +119,6 @@ def write_records(out_dir: str | Path, splits: Mapping[str, Callable[[], Iterabl
 
 def _counted(split: str, gen: Callable[[], Iterable[dict]], progress: bool):
   def inner():
-    from tqdm import tqdm
     with tqdm(desc=f"writing {split}", unit="img", disable=not progress, file=sys.stderr,
               dynamic_ncols=True) as bar:
       for rec in gen():
@@ -172,7 +167,6 @@ class RecordSource:
 
   def _open(self):
     if self._reader is None:
-      from array_record.python import array_record_data_source
       self._reader = array_record_data_source.ArrayRecordDataSource(self.paths)
 
   def __len__(self) -> int:
@@ -287,78 +281,6 @@ def read_info(path: str | Path) -> dict:
   return meta
 
 
-# Images decoded with a recoverable error, per process, by libjpeg message. Read-time
-# decoding counts these instead of raising: `prepare` accepted the record.
-decode_warnings: collections.Counter = collections.Counter()
-_LOGGED_WARNINGS = 10
-
-
-def decode_checked(data: bytes, *, exif_orientation: bool = False
-                   ) -> tuple[np.ndarray, str | None]:
-  """Encoded image → (uint8 [H, W, 3] RGB, warning or None); raises ValueError if undecodable.
-
-  JPEG goes through simplejpeg in strict mode; a recoverable libjpeg error (e.g. "Corrupt
-  JPEG data: 2 extraneous bytes before marker 0xd9", which libjpeg and PIL only warn about)
-  decodes again leniently and is returned as the warning. A truncated JPEG ("Premature end
-  of JPEG file") stays an error: the lenient decoder would paint the missing rows grey.
-  Other formats go through PIL: grayscale, palette, RGBA (alpha dropped) and CMYK become
-  RGB; 16-bit grayscale keeps its top 8 bits (PIL's own conversion would clip at 255).
-  With exif_orientation, the EXIF Orientation tag (camera photos) is applied.
-  """
-  import simplejpeg
-  from PIL import Image, ImageOps
-  if simplejpeg.is_jpeg(data) and not (exif_orientation and _exif_rotated(data)):
-    try:
-      return simplejpeg.decode_jpeg(data, colorspace="RGB"), None
-    except ValueError as e:
-      if "Premature end" in str(e):
-        raise ValueError(f"truncated JPEG ({e})") from None
-      try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False), str(e)
-      except ValueError:
-        raise ValueError(str(e)) from None
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      if exif_orientation:
-        im = ImageOps.exif_transpose(im)
-      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im).astype(np.int64)
-        if arr.max(initial=0) > 255 or im.mode.startswith("I;16"):
-          arr = arr >> 8
-        gray = np.clip(arr, 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1), None
-      return np.asarray(im.convert("RGB")), None
-  except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-    raise ValueError(f"{type(e).__name__}: {e}") from None
-
-
-def _exif_rotated(data: bytes) -> bool:
-  from PIL import Image
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      return im.getexif().get(0x0112, 1) not in (0, 1)
-  except Exception:  # a broken EXIF block is the decoder's problem, not orientation's
-    return False
-
-
-def decode_image(data: bytes, *, exif_orientation: bool = False) -> np.ndarray:
-  """Encoded image → uint8 [H, W, 3] RGB (see `decode_checked`). A recoverable decoder
-  error is counted in `decode_warnings` and logged (the first few), never raised."""
-  image, warning = decode_checked(data, exif_orientation=exif_orientation)
-  if warning is not None:
-    decode_warnings[warning] += 1
-    total = sum(decode_warnings.values())
-    if total <= _LOGGED_WARNINGS:
-      log.warning("image decoded with a warning (%s)%s", warning,
-                  "; further ones are only counted" if total == _LOGGED_WARNINGS else "")
-  return image
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
-  import simplejpeg
-  return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=quality, colorspace="RGB")
-
-
 class FaceDataset(Sequence):
   """`open_dataset` result: dataset[i] → {"image": uint8 [H,W,3], "label": int,
   "metadata": dict}; also `.num_classes`, `.info` and `.source` (raw records)."""
@@ -386,36 +308,3 @@ class FaceDataset(Sequence):
 def open_dataset(path: str | Path, split: str = "train") -> FaceDataset:
   """Opens what `write_records` / `python -m crfiqa_jax.prepare` wrote."""
   return FaceDataset(path, split)
-
-
-class PairSet:
-  """A verification split: `images` (a FaceDataset) and pair arrays `a`, `b`, `genuine`."""
-
-  def __init__(self, images: FaceDataset, a: np.ndarray, b: np.ndarray, genuine: np.ndarray):
-    self.images, self.a, self.b, self.genuine = images, a, b, genuine
-
-  def __len__(self) -> int:
-    return len(self.a)
-
-  def __getitem__(self, i: int):
-    """(image_a, image_b, genuine) of pair i, images decoded uint8 [H, W, 3]."""
-    return self.images[int(self.a[i])]["image"], self.images[int(self.b[i])]["image"], \
-        bool(self.genuine[i])
-
-
-def open_pairs(path: str | Path, split: str = "test") -> PairSet:
-  """The comparison pairs of an evaluation split: those stored by `prepare bin` (metadata
-  "<split>_pairs" = [[a, b, genuine], ...]) or, for "all" (synthetic data), every pair of
-  distinct images, genuine when the labels agree."""
-  images = FaceDataset(path, split)
-  pairs = images.info.get(f"{split}_pairs")
-  if pairs is None:
-    raise ValueError(f"{path} split {split!r} has no pairs (metadata '{split}_pairs')")
-  if pairs == "all":
-    labels = images.source.labels_and_metadata()[0]
-    a, b = np.triu_indices(len(labels), k=1)
-    return PairSet(images, a, b, labels[a] == labels[b])
-  arr = np.asarray(pairs, np.int64).reshape(-1, 3)
-  if len(arr) and (arr[:, :2].max() >= len(images) or arr[:, :2].min() < 0):
-    raise ValueError(f"{path}: pair indices out of range for {len(images)} images")
-  return PairSet(images, arr[:, 0], arr[:, 1], arr[:, 2].astype(bool))

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from crfiqa_jax.data import records
+from crfiqa_jax.data.codecs import encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def samples(num_identities: int, per_identity: int, *, seed: int, size: int,
       # Like real training sets: most faces fine, a tail of bad ones (P(s > 0.7) ≈ 16%).
       severity = float(rng.uniform() ** 2)
       img = degrade(render(ident, rng, size), kind, severity, rng)
-      yield {"image": records.encode_jpeg(img, quality=95),
+      yield {"image": encode_jpeg(img, quality=95),
              "label": i - first_identity + label_offset,
              "metadata": {"identity": i, "kind": kind, "severity": round(severity, 6)}}
 

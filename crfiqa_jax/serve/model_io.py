@@ -1,0 +1,156 @@
+"""Model I/O: every kind of model path, read and written, in one place.
+
+  "workdir"   a training workdir: WORKDIR/config.json (the run's config, written by the
+              trainer) and WORKDIR/checkpoints/ (orbax steps of the train state and data
+              position; crfiqa_jax.train.checkpoint writes them);
+  "exported"  an exported Flax model: DIR/model.json (arch, embedding_dim, image_size,
+              source) and DIR/variables/ (orbax), written by `save_exported`
+              (`python -m crfiqa_jax.convert`);
+  "torch"     a released PyTorch state_dict, FILE.pth or FILE.pt (crfiqa_jax.serve.torch_import);
+  "onnx"      FILE.onnx written by `python -m crfiqa_jax.export`, run by onnxruntime.
+
+`model_kind(path)` names the kind; `load_model` gives (Flax model, variables, info) for the
+first three; crfiqa_jax.serve.engines.load_predictor runs any of the four.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from crfiqa_jax import models
+from crfiqa_jax.serve import torch_import
+
+CONFIG_FILE = "config.json"        # a workdir's config
+CHECKPOINTS_DIR = "checkpoints"    # a workdir's orbax steps
+MODEL_FILE = "model.json"          # an exported directory: arch, embedding_dim, image_size, source
+VARIABLES_DIR = "variables"        # an exported directory: the Flax variables (orbax)
+TORCH_SUFFIXES = (".pth", ".pt")
+ONNX_SUFFIX = ".onnx"
+KINDS_TEXT = (f"a training workdir ({CONFIG_FILE} + {CHECKPOINTS_DIR}/), an exported model "
+              f"directory ({MODEL_FILE}), a released PyTorch .pth/.pt or an .onnx file")
+
+
+def model_kind(path) -> str | None:
+  """The kind of `path`: "workdir", "exported", "torch", "onnx", or None (none of these)."""
+  p = Path(path)
+  if p.suffix.lower() in TORCH_SUFFIXES:
+    return "torch"
+  if p.suffix.lower() == ONNX_SUFFIX:
+    return "onnx"
+  if (p / MODEL_FILE).is_file():
+    return "exported"
+  if (p / CONFIG_FILE).is_file():
+    return "workdir"
+  return None
+
+
+def first_line(e: Exception) -> str:
+  return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def kind_of_existing(path) -> str:
+  """model_kind of a path that must exist; a FileNotFoundError listing the kinds if not."""
+  path = Path(path)
+  kind = model_kind(path)
+  if kind is None or (kind in ("torch", "onnx") and not path.is_file()):
+    what = "does not exist" if not path.exists() else "is not a model"
+    raise FileNotFoundError(f"{path} {what}: expected {KINDS_TEXT}")
+  return kind
+
+
+def load_model(path, arch: str | None = None, *, qs_optional: bool = False):
+  """(model, variables, info) of a workdir, an exported directory or a .pth file (`arch`
+  names its architecture, else it is detected from the block counts).
+
+  info: arch, embedding_dim, image_size, source, has_qs (False for a .pth ArcFace backbone
+  read with qs_optional), and for a workdir its config `config`, `step` and class centres
+  `centres` [D, C'] (C' is padded to the device count when class sharding was on).
+  """
+  path = Path(path).absolute()
+  kind = kind_of_existing(path)
+  if kind == "onnx":
+    raise ValueError(f"{path} is an ONNX file: it runs in onnxruntime (score, evaluate, "
+                     "ijbc take it) but has no Flax variables; use the workdir, exported "
+                     "directory or .pth it was exported from")
+  if kind == "torch":
+    variables, info = torch_import.load_torch(path, arch, qs_optional=qs_optional)
+  elif kind == "exported":
+    variables, info = read_exported(path)
+  else:
+    cfg, state, step = read_workdir(path)
+    variables = inference_variables(state)
+    info = {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
+            "image_size": cfg["image_size"], "source": f"{path} step {step}",
+            "step": int(step), "config": cfg, "centres": state["params"]["centres"]}
+  return models.create_model(info["arch"], embedding_dim=info["embedding_dim"]), variables, info
+
+
+def inference_variables(state) -> dict:
+  """{"params", "batch_stats"} of a TrainState (or of a raw restored state dict)."""
+  if isinstance(state, dict):
+    return {"params": state["params"]["backbone"], "batch_stats": state["batch_stats"]}
+  return {"params": state.params["backbone"], "batch_stats": state.batch_stats}
+
+
+def save_exported(out_dir: str | Path, variables: dict, *, arch: str, embedding_dim: int,
+                  image_size: int = 112, source: str = "") -> Path:
+  """Writes an exported model directory: MODEL_FILE and VARIABLES_DIR."""
+  out = Path(out_dir).absolute()
+  out.mkdir(parents=True, exist_ok=True)
+  if (out / VARIABLES_DIR).exists():
+    raise FileExistsError(f"{out}/{VARIABLES_DIR} exists; choose an empty --out")
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(out / VARIABLES_DIR, variables)
+  (out / MODEL_FILE).write_text(json.dumps(
+      {"arch": arch, "embedding_dim": embedding_dim, "image_size": image_size,
+       "source": source}, indent=1))
+  return out
+
+
+def read_exported(path) -> tuple[dict, dict]:
+  """(variables, info) of an exported model directory."""
+  path = Path(path)
+  info = json.loads((path / MODEL_FILE).read_text())
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      variables = ckptr.restore(path / VARIABLES_DIR)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path / VARIABLES_DIR} cannot be read: {first_line(e)}") from e
+  return variables, info
+
+
+def read_workdir(workdir) -> tuple[dict, dict, int]:
+  """(config dict, train-state tree of numpy arrays, step) of a training workdir's latest
+  checkpoint, without building the optimiser, whatever device count wrote it."""
+  workdir = Path(workdir).absolute()
+  if not (workdir / CONFIG_FILE).exists():
+    raise FileNotFoundError(f"{workdir} is not a training workdir (no {CONFIG_FILE})")
+  # The data position is not read, but naming its handler keeps orbax from warning about it.
+  mgr = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR,
+                              item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                             "data": grain.checkpoint.CheckpointHandler()})
+  step = mgr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{workdir}/{CHECKPOINTS_DIR} holds no checkpoint yet")
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:
+    meta = mgr.item_metadata(step)
+    meta = meta["state"] if "state" in meta else meta
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=one), meta,
+        is_leaf=lambda m: hasattr(m, "shape"))
+    state = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))["state"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{workdir}/{CHECKPOINTS_DIR} step {step} cannot be read: "
+                     f"{first_line(e)}") from e
+  finally:
+    mgr.close()
+  return (json.loads((workdir / CONFIG_FILE).read_text()), jax.tree.map(np.asarray, state),
+          step)

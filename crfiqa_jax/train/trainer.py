@@ -1,0 +1,248 @@
+"""The Trainer (model, optimiser, mesh, shardings and the jitted step for one config) and the
+training loop with its checkpoints.
+
+    state = train(config, workdir)   # resumes from workdir's last checkpoint, if any
+
+Every step is one call of the jitted `step.train_step` on a global batch split over the
+"data" mesh axis; the loop logs, checks the loss for non-finite values (the previous
+step's, while the current one runs) and checkpoints the train state with the data
+position (crfiqa_jax.train.checkpoint).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from crfiqa_jax import sharding
+from crfiqa_jax.data.records import read_info
+from crfiqa_jax.serve.model_io import CHECKPOINTS_DIR, CONFIG_FILE
+from crfiqa_jax.train import checkpoint, input_pipeline, optim, warmstart
+from crfiqa_jax.train.step import (IGSettings, TrainState, augment_params, build_model,
+                                   init_state, loss_kwargs_from_config, train_step)
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class Trainer:
+  """Builds model, optimiser, mesh, shardings and the jitted step for one config.
+
+  Attributes after construction: mesh, model, tx, schedule, num_classes,
+  num_classes_padded, steps_per_epoch, total_steps, state_shardings, step_fn (jitted).
+  """
+
+  def __init__(self, config, *, num_classes: int, num_examples: int, mesh=None):
+    self.config = config
+    self.mesh = sharding.make_mesh() if mesh is None else mesh
+    self.local_batch = sharding.check_batch_size(config.batch_size, self.mesh)
+    self.num_classes = num_classes
+    self.num_classes_padded = sharding.padded_num_classes(num_classes, self.mesh,
+                                                          config.shard_centres)
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(num_examples, config.batch_size)
+    self.total_steps = config.total_steps or config.num_epochs * self.steps_per_epoch
+    peak = optim.learning_rate(config.lr, config.batch_size)
+    self.schedule = optim.step_schedule(peak, self.steps_per_epoch, config.lr_decay_epochs)
+    self.tx = optim.make_optimizer(self.schedule, momentum=config.momentum,
+                                   weight_decay=config.weight_decay,
+                                   clip_norm=config.clip_norm, trainable=config.trainable)
+    self.model = build_model(config)
+    warmstart.check_on_top(config)
+    if config.method not in ("crfiqa", "igfiqa"):
+      raise ValueError(f"method must be 'crfiqa' or 'igfiqa', got {config.method!r}")
+    ig = None
+    if config.method == "igfiqa":
+      ig = IGSettings(steps_per_epoch=self.steps_per_epoch,
+                      num_epochs=max(1.0, self.total_steps / self.steps_per_epoch),
+                      backbone_grad=config.ig_backbone_grad,
+                      augment=augment_params(config))
+    self._init = functools.partial(init_state, model=self.model, tx=self.tx,
+                                   image_size=config.image_size, num_classes=num_classes,
+                                   num_classes_padded=self.num_classes_padded,
+                                   method=config.method)
+    rng = jax.random.PRNGKey(config.seed)
+    self.abstract_state = jax.eval_shape(self._init, rng)
+    self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh,
+                                                    config.shard_centres)
+    repl = sharding.replicated(self.mesh)
+    step = functools.partial(
+        train_step, model=self.model, tx=self.tx, schedule=self.schedule,
+        loss_kwargs=loss_kwargs_from_config(config), num_classes=num_classes,
+        logits_sharding=(sharding.class_sharding(self.mesh) if config.shard_centres
+                         else None), ig=ig,
+        frozen_backbone=config.trainable == "qs",
+        batch_augment=augment_params(config) if config.get("augment_batch") else None)
+    batch_sh = sharding.batch_sharding(self.mesh)
+    self.step_fn = jax.jit(step, in_shardings=(self.state_shardings, batch_sh),
+                           out_shardings=(self.state_shardings, repl), donate_argnums=0)
+
+  def init(self) -> TrainState:
+    rng = jax.random.PRNGKey(self.config.seed)
+    return jax.jit(self._init, out_shardings=self.state_shardings)(rng)
+
+  def abstract_target(self):
+    return checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------------------
+
+def _check_finite(step: int, metrics: dict):
+  bad = [k for k in ("loss", "loss_arc", "loss_cr", "grad_norm")
+         if not math.isfinite(float(metrics[k]))]
+  if bad:
+    raise NonFiniteLossError(
+        f"Non-finite {', '.join(bad)} at step {step} ({ {k: float(metrics[k]) for k in bad} }). "
+        "Lower --config.lr, check the data, or resume from the last checkpoint.")
+
+
+def dataset_facts(config) -> tuple[int, int]:
+  """(num_classes, num_train_examples) from the dataset's info, with clear errors."""
+  if not config.data_dir:
+    raise ValueError("config.data_dir is empty: pass --config.data_dir=PATH to a dataset "
+                     "written by `python -m crfiqa_jax.prepare`")
+  where = f"--config.data_dir={config.data_dir}"
+  if not Path(config.data_dir).exists():
+    raise FileNotFoundError(f"{where} does not exist; create it with "
+                            "`python -m crfiqa_jax.prepare ...`")
+  try:
+    info = read_info(config.data_dir)
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"{where}: {e}") from None
+  n_train = info["splits"].get("train", 0)
+  if not n_train:
+    raise ValueError(f"{where} has no 'train' split (splits: {info['splits']})")
+  for key, got in (("paper_num_classes", info["num_classes"]), ("paper_num_examples", n_train)):
+    want = config.get(key, 0)
+    if want and want != got:
+      log.warning("%s has %d %s, the paper's dataset has %d: training on it anyway",
+                  config.data_dir, got, key.split("_", 2)[2], want)
+  return int(info["num_classes"]), int(n_train)
+
+
+# Config fields that must agree between a workdir's checkpoints and a run resuming them.
+RESUME_KEYS = ("model", "embedding_dim", "image_size", "method", "num_classes")
+
+
+def check_resume_config(config, workdir, num_classes: int) -> None:
+  """On resume, the workdir's config must describe the same model and data (one line,
+  naming the key to change); a fresh workdir passes. num_classes: the data's
+  (`dataset_facts`)."""
+  workdir = Path(workdir)
+  saved = workdir / CONFIG_FILE
+  if not saved.exists() or not (workdir / CHECKPOINTS_DIR).exists():
+    return
+  old = json.loads(saved.read_text())
+  now = {k: config[k] for k in RESUME_KEYS if k in config}
+  now["num_classes"] = num_classes
+  for key in RESUME_KEYS:
+    if key in old and key in now and old[key] != now[key]:
+      if key == "num_classes":
+        raise ValueError(f"{workdir} holds checkpoints trained on {old[key]} classes; "
+                         f"--config.data_dir={config.data_dir} has {now[key]}: use that "
+                         "run's data_dir, or a fresh --workdir")
+      raise ValueError(f"{workdir} holds checkpoints trained with {key}={old[key]!r}; this run "
+                       f"has {key}={config[key]!r}: pass --config.{key}={old[key]!r} to resume, "
+                       "or use a fresh --workdir")
+
+
+def preflight(config, workdir) -> tuple[int, int]:
+  """The checks of the data and of a resumed workdir, run once before anything is built:
+  (num_classes, num_train_examples)."""
+  facts = dataset_facts(config)
+  check_resume_config(config, workdir, facts[0])
+  return facts
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, mesh=None,
+          facts: tuple[int, int] | None = None) -> TrainState:
+  """Trains per `config`, checkpointing to and resuming from `workdir`; returns the state.
+
+  `mesh` defaults to every device of every process; a checkpoint written on one device
+  count resumes on another (checkpoint.restore). `facts`: `preflight`'s result when the
+  caller ran it already (crfiqa_jax.train.job does)."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+
+  # --- Data facts, mesh, model, optimiser, jitted step. ---
+  num_classes, num_examples = facts or preflight(config, workdir)
+  if is_main:  # lets score/evaluate/analyze rebuild the model from a workdir alone
+    saved = json.loads(config.to_json_best_effort())
+    (workdir / CONFIG_FILE).write_text(json.dumps({**saved, "num_classes": num_classes},
+                                                    indent=1))
+  trainer = Trainer(config, num_classes=num_classes, num_examples=num_examples, mesh=mesh)
+  if is_main:
+    log.info("devices=%d processes=%d model=%s classes=%d (padded %d) examples=%d "
+             "steps/epoch=%d total_steps=%d peak_lr=%.4g", trainer.mesh.size,
+             jax.process_count(), config.model, num_classes, trainer.num_classes_padded,
+             num_examples, trainer.steps_per_epoch, trainer.total_steps,
+             trainer.schedule(0))
+
+  # --- Input. ---
+  data_iter = iter(input_pipeline.train_dataset(
+      config.data_dir, local_batch=trainer.local_batch, seed=config.seed,
+      image_size=config.image_size, flip=config.flip, worker_count=config.data_workers))
+
+  # --- State: restore or init. ---
+  mgr = checkpoint.manager(workdir, max_to_keep=config.keep_checkpoints,
+                           save_interval_steps=config.checkpoint_every)
+  if mgr.latest_step() is not None:
+    state = checkpoint.restore(mgr, trainer.abstract_target(), data_iter)
+    if is_main:
+      log.info("Resumed from %s at step %d", mgr.directory, int(state.step))
+  else:
+    state = trainer.init()
+    if config.init_checkpoint:
+      state = warmstart.load_init(state, config, trainer)
+
+  # --- Loop. ---
+  writer = open(workdir / "metrics.jsonl", "a") if is_main else None
+  step = int(state.step)
+  pending = None
+  t0, n0 = time.perf_counter(), step
+  try:
+    while step < trainer.total_steps:
+      batch = sharding.global_batch(next(data_iter), trainer.mesh)
+      state, metrics = trainer.step_fn(state, batch)
+      step += 1
+      if pending is not None:  # check the previous step while this one runs
+        _check_finite(*pending)
+      pending = (step, metrics)
+      if step % config.log_every == 0 or step == trainer.total_steps:
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        _check_finite(step, m)
+        dt = time.perf_counter() - t0
+        m["images_per_s"] = (step - n0) * config.batch_size / max(dt, 1e-9)
+        t0, n0 = time.perf_counter(), step
+        if is_main:
+          eta = (trainer.total_steps - step) * config.batch_size / max(m["images_per_s"], 1e-9)
+          log.info("step %d/%d loss %.3f (arc %.3f cr %.4f) CR %.3f CCS %.3f NNCCS %.3f "
+                   "lr %.3g |g| %.2f %.0f img/s eta %.0fs", step, trainer.total_steps,
+                   m["loss"], m["loss_arc"], m["loss_cr"], m["cr"], m["ccs"], m["nnccs"],
+                   m["lr"], m["grad_norm"], m["images_per_s"], eta)
+          writer.write(json.dumps({"step": step, **m}) + "\n")
+          writer.flush()
+      checkpoint.save(mgr, step, state, data_iter)
+    if pending is not None:
+      _check_finite(*pending)
+    checkpoint.save(mgr, step, state, data_iter, force=mgr.latest_step() != step)
+  finally:
+    mgr.wait_until_finished()
+    if writer:
+      writer.close()
+    close = getattr(data_iter, "close", None)
+    if close:
+      close()
+  return state

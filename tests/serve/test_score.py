@@ -1,0 +1,148 @@
+"""`python -m crfiqa_jax.score`: rows in input order with failures reported, strict sizes
+and list inputs, a killed run resumed to the same bytes, torn lines and foreign files."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import xla_flags
+from crfiqa_jax import models
+from crfiqa_jax.serve import model_io, score
+from helpers import random_variables
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  model = models.create_model("iresnet_tiny")
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 112, 112, 3)))
+  out = tmp_path_factory.mktemp("export") / "model"
+  model_io.save_exported(out, variables, arch="iresnet_tiny", embedding_dim=64)
+  return out, model, variables
+
+
+@pytest.fixture
+def folder(tmp_path):
+  rng = np.random.default_rng(0)
+  d = tmp_path / "faces"
+  (d / "sub").mkdir(parents=True)
+  imgs = {}
+  for name in ("b.jpg", "a.png", "sub/c.png"):
+    arr = rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(d / name)
+    imgs[name] = arr
+  Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "small.png")
+  (d / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+  (d / "notes.txt").write_text("ignored: not an image")
+  return d, imgs
+
+
+def _read(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_cli_scores_in_order_and_reports_failures(exported, folder, tmp_path, capsys):
+  out, model, variables = exported
+  d, imgs = folder
+  rc = score.main([f"--checkpoint={out}", f"--input={d}", f"--output={tmp_path / 's.csv'}",
+                   "--batch-size=2"])
+  rows = _read(tmp_path / "s.csv")
+  assert rc == 1  # one unreadable file
+  assert [r["path"] for r in rows] == [str(d / n) for n in
+                                       ("a.png", "b.jpg", "broken.jpg", "small.png", "sub/c.png")]
+  assert rows[2]["quality"] == "" and "broken.jpg" in capsys.readouterr().err
+  # Independent check: the model applied directly to the normalised pixels.
+  x = np.stack([imgs["a.png"], imgs["sub/c.png"]]).astype(np.float32)
+  _, q = model.apply(variables, (x - 127.5) / 127.5, train=False)
+  np.testing.assert_allclose([float(rows[0]["quality"]), float(rows[4]["quality"])], q,
+                             rtol=1e-5, atol=1e-5)
+  assert rows[3]["quality"] != ""  # resized with a warning
+
+
+def test_strict_refuses_wrong_size_and_list_input(exported, folder, tmp_path):
+  out, _, _ = exported
+  d, _ = folder
+  lst = tmp_path / "list.txt"
+  lst.write_text(f"{d / 'small.png'}\n{d / 'a.png'}\n")
+  rc = score.main([f"--checkpoint={out}", f"--input={lst}", f"--output={tmp_path / 's.csv'}",
+                   "--strict"])
+  rows = _read(tmp_path / "s.csv")
+  assert rc == 1 and rows[0]["quality"] == "" and rows[1]["quality"] != ""
+
+
+def test_bad_checkpoint_and_input(tmp_path, folder):
+  d, _ = folder
+  assert score.main(["--checkpoint=/nonexistent", f"--input={d}", "--output=x.csv"]) == 2
+  assert score.main(["--checkpoint=/nonexistent", f"--input={tmp_path / 'none'}",
+                     "--output=x.csv"]) == 2
+
+
+def _score_cmd(ckpt, faces, out, *extra):
+  return [sys.executable, "-m", "crfiqa_jax.score", f"--checkpoint={ckpt}",
+          f"--input={faces}", f"--output={out}", "--batch-size=8", *extra]
+
+
+def _env():
+  return dict(os.environ, XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu")
+
+
+@pytest.fixture(scope="module")
+def scoring_setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("scoring")
+  model = models.create_model("iresnet_tiny", embedding_dim=16)
+  ckpt = root / "model"
+  model_io.save_exported(ckpt, random_variables(model, 32, seed=3), arch="iresnet_tiny",
+                         embedding_dim=16, image_size=32)
+  faces = root / "faces"
+  faces.mkdir()
+  rng = np.random.default_rng(0)
+  base = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+  for i in range(3000):
+    img = np.roll(base, i, axis=1)
+    Image.fromarray(img).save(faces / f"{i:05d}.jpg", quality=90)
+  (faces / "00007.jpg").write_bytes(b"not a jpeg")  # a failure in the middle
+  return ckpt, faces
+
+
+def test_score_killed_then_resumed_equals_uninterrupted(scoring_setup, tmp_path):
+  ckpt, faces = scoring_setup
+  full = tmp_path / "full.csv"
+  r = subprocess.run(_score_cmd(ckpt, faces, full), env=_env(), capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 1 and "00007.jpg" in r.stderr  # the broken file, reported
+  part = tmp_path / "part.csv"
+  p = subprocess.Popen(_score_cmd(ckpt, faces, part), env=_env(), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and p.poll() is None:
+    if part.exists() and len(part.read_bytes().splitlines()) > 200:  # rows written
+      break
+    time.sleep(0.005)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  n_before = len(part.read_text().splitlines()) - 1
+  assert 0 < n_before < 3000, "the run was not killed midway"
+  r = subprocess.run(_score_cmd(ckpt, faces, part, "--resume"), env=_env(),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert part.read_text() == full.read_text()
+
+
+def test_resume_cuts_a_torn_line_and_refuses_foreign_files(tmp_path):
+  names = [f"/x/{i}.jpg" for i in range(5)]
+  out = tmp_path / "s.csv"
+  out.write_text("path,quality\n/x/0.jpg,0.5\n/x/1.jpg,0.25\n/x/2.j")
+  assert score.completed_rows(out, names) == 2
+  assert out.read_text() == "path,quality\n/x/0.jpg,0.5\n/x/1.jpg,0.25\n"
+  out.write_text("path,quality\n/y/0.jpg,0.5\n")
+  with pytest.raises(ValueError, match="not a run over these inputs"):
+    score.completed_rows(out, names)
