@@ -112,7 +112,8 @@ def main(argv=None) -> int:
                  "python -m crfiqa_jax.calibration --checkpoint=CKPT --reference=ref.csv")
   p.add_argument("--checkpoint", required=True,
                  help=f"the model the scores came from: any model path, {registry.HELP}")
-  p.add_argument("--reference", required=True, help="scores CSV of a reference set")
+  p.add_argument("--reference", required=True, metavar="SCORES.csv",
+                 help="scores CSV of a reference set")
   args = p.parse_args(argv)
 
   def body():
