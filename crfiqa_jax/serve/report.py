@@ -188,8 +188,8 @@ def scores_page(names: Sequence[str], quality: np.ndarray, *, loader: Loader,
           "recognition; its scale depends on the model.</p>"]
   if ok.any():
     qs = np.quantile(quality[ok], QUANTILES)
-    body.append("<table><tr>" + "".join(f"<th>{'min' if p == 0 else 'max' if p == 1 else f'{p:.0%}'}"
-                                         "</th>" for p in QUANTILES) + "</tr><tr>"
+    heads = ["min" if p == 0 else "max" if p == 1 else f"{p:.0%}" for p in QUANTILES]
+    body.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr><tr>"
                 + "".join(f'<td class="n">{v:.4g}</td>' for v in qs) + "</tr></table>")
   body += ["<h2>Histogram</h2>", histogram_svg(quality)]
   low, high = extremes(quality, k)
