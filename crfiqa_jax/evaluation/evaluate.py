@@ -161,7 +161,7 @@ def _compare(bench, fr_name: str, feats, per_image_q: dict, out_dir: Path, *, wi
           "standard": standard}
 
 
-def discard(args, fmrs) -> dict:
+def discard(args, fmrs) -> None:
   """`--discard=F`: the quality threshold discarding F of each reference set (a benchmark's
   images, else each --quality scores CSV) and, with --fr, the FNMR before and after
   (crfiqa_jax.evaluation.threshold); printed, and written to OUT/threshold.json."""
@@ -178,7 +178,6 @@ def discard(args, fmrs) -> dict:
   if args.out:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "threshold.json").write_text(json.dumps(rows, indent=1))
-  return {"discard": rows}
 
 
 SOURCES_HELP = f"""\

@@ -130,8 +130,8 @@ def main(argv=None) -> int:
   p.add_argument("--root", required=True,
                  help="the IJB-C release folder (meta/ and loose_crop/ inside)")
   p.add_argument("--fr", required=True,
-                 help="FR model: a checkpoint (workdir, exported dir, .pth, .onnx, "
-                      f"{', '.join(registry.MODELS)}), or an .npz of image-sum embeddings")
+                 help="FR model: a checkpoint (workdir, exported dir, .pth, .onnx), "
+                      "or an .npz of image-sum embeddings; " + registry.HELP)
   p.add_argument("--quality", required=True,
                  help="a checkpoint (as --fr) or a scores CSV (path,quality)")
   p.add_argument("--out", required=True, help="folder for ijbc.json")
