@@ -28,6 +28,7 @@ import datetime
 import html
 import io
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -125,12 +126,14 @@ def data_uri(image: np.ndarray, side: int = THUMB) -> str:
   return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def histogram_svg(quality: np.ndarray, bins: int = 40, width: int = 640,
+def histogram_svg(quality: np.ndarray, bins: int | None = None, width: int = 640,
                   height: int = 220) -> str:
-  """An inline SVG histogram of the finite qualities (each bar's count in its tooltip)."""
+  """An inline SVG histogram of the finite qualities (each bar's count in its tooltip);
+  by default 2·sqrt(N) bins, from 5 to 40."""
   q = quality[np.isfinite(quality)]
   if not len(q):
     return "<p>No finite quality to plot.</p>"
+  bins = bins or int(min(40, max(5, math.ceil(2 * math.sqrt(len(q))))))
   counts, edges = np.histogram(q, bins=bins)
   left, bottom, top = 50, 30, 10
   w, h = width - left - 10, height - bottom - top
