@@ -11,7 +11,8 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # --- Data. ---
   c.data_dir = ""            # dataset written by `python -m crfiqa_jax.prepare` (train split)
-  c.eval_data_dir = ""       # optional pair set evaluated after training (ERC report)
+  c.eval_data_dir = ""       # held-out set reported after training ("": data_dir's, if it
+                             # holds one; "none": no report)
   c.compare_quality = ""     # real-face report: other models' qualities, "NAME=PATH,..."
   c.image_size = 112         # aligned face crops, pixels per side
   c.flip = 0.5               # horizontal-flip probability (the paper's only augmentation)

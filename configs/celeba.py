@@ -1,8 +1,7 @@
 """CR-FIQA on real photos on a CPU (trained IG-FIQA-style): CelebA identities, judged on unseen people.
 
   python -m crfiqa_jax.prepare celeba CELEBA_ROOT data/celeba
-  python -m crfiqa_jax.main --config=celeba --workdir=runs/celeba \
-      --config.data_dir=data/celeba --config.eval_data_dir=data/celeba
+  python -m crfiqa_jax.main --config=celeba --workdir=runs/celeba --config.data_dir=data/celeba
 
 `prepare celeba` aligns every face (CelebA's landmarks, or MTCNN), holds out whole
 identities as verification pairs and writes the rest as the training split; the main job

@@ -24,6 +24,7 @@ COMMANDS = {
     "analyze": "analyze",
     "ijbc": "ijbc",
     "plan": "plan",
+    "report": "report",
 }
 
 
@@ -32,13 +33,16 @@ def usage() -> str:
   return ("usage: crfiqa COMMAND [ARGS...]\n\ncommands (each the same as python -m ...):\n"
           + "\n".join(f"  {name:<{width}}  python -m crfiqa_jax.{entry}"
                        for name, entry in COMMANDS.items())
-          + "\n\n`crfiqa COMMAND --help` lists its flags.")
+          + "\n\n`crfiqa COMMAND --help` lists its flags; `crfiqa --version` prints the version.")
 
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] in ("-h", "--help"):
     print(usage())
+    return 0
+  if argv[0] == "--version":
+    print(cli.version())
     return 0
   name, rest = argv[0], argv[1:]
   if name not in COMMANDS:

@@ -19,6 +19,8 @@ from typing import Callable, NoReturn
 import jax
 from absl import logging as absl_logging
 
+import crfiqa_jax  # the root package: __version__ only (it imports nothing else eagerly)
+
 
 class MissingExtra(ImportError, ValueError):
   """An optional extra is not installed; the message names the pip command. A ValueError
@@ -42,8 +44,19 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError,
                pickle.UnpicklingError, NotADirectoryError, IsADirectoryError)
 
 
+def version() -> str:
+  """What `--version` prints: "crfiqa_jax X.Y.Z"."""
+  return f"crfiqa_jax {crfiqa_jax.__version__}"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse, with a usage error reported as one `error: ...` line and exit code 2."""
+  """argparse, with `--version` on every parser (subcommands' too) and a usage error
+  reported as one `error: ...` line and exit code 2."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.add_argument("--version", action="version", version=version(),
+                      help="print the package's version and exit")
 
   def error(self, message):
     fail(f"{message} (see {self.prog} --help)")

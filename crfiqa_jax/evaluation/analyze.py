@@ -192,8 +192,9 @@ def main(argv=None) -> int:
   p.add_argument("--checkpoint", required=True, help="training workdir")
   p.add_argument("--data", required=True, help="the training dataset (prepare output)")
   p.add_argument("--out", default=None, help="default: CHECKPOINT/analysis")
-  p.add_argument("--pairs", type=int, default=50_000)
-  p.add_argument("--batch-size", type=int, default=256)
+  p.add_argument("--pairs", type=int, default=50_000,
+                 help="genuine and impostor pairs (each) drawn for the ERCs")
+  p.add_argument("--batch-size", type=int, default=256, help="images per forward")
   engines.add_argument(p)
   args = p.parse_args(argv)
   cli.quiet_logging()

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from crfiqa_jax import cli
-from crfiqa_jax.evaluation import dlib_fr, erc, plots
+from crfiqa_jax.evaluation import dlib_fr, erc, plots, threshold
 from crfiqa_jax.evaluation.benchmarks import load_benchmark, load_embeddings, load_quality_csv
 from crfiqa_jax.evaluation.erc import FMRS
 from crfiqa_jax.evaluation.pair_report import (PAIR_QUALITY, STANDARD_FMRS, cosine_pairs,
                                                pair_report)
-from crfiqa_jax.serve import engines, inference, model_io
+from crfiqa_jax.serve import engines, inference, model_io, registry, report
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,44 @@ def _compare(bench, fr_name: str, feats, per_image_q: dict, out_dir: Path, *, wi
           "standard": standard}
 
 
+def discard(args, fmrs) -> None:
+  """`--discard=F`: the quality threshold discarding F of each reference set (a benchmark's
+  images, else each --quality scores CSV) and, with --fr, the FNMR before and after
+  (crfiqa_jax.evaluation.threshold); printed, and written to OUT/threshold.json."""
+  if not args.benchmark:
+    rows = [threshold.from_scores(*_spec(q), args.discard) for q in args.quality]
+  else:
+    models, rows = _Models(args.arch, 64, args.engine), []
+    for spec in args.benchmark:
+      bench = load_benchmark(spec)
+      feats = {_spec(f)[0]: _image_features(bench, _spec(f)[1], models) for f in args.fr or []}
+      rows += threshold.on_benchmark(bench, _image_qualities(bench, args.quality, models),
+                                     feats, args.discard, fmrs, cosine_pairs)
+  print(threshold.format_results(rows))
+  if args.out:
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "threshold.json").write_text(json.dumps(rows, indent=1))
+
+
+SOURCES_HELP = f"""\
+--quality NAME=PATH (repeatable; a bare PATH is named after its file name), PATH one of:
+  a model: a training workdir, an exported directory, a released .pth (--arch, or detected),
+           an .onnx file, or a released model by name ({', '.join(registry.MODELS)}: weights
+           under {registry.LICENCE}, non-commercial; the file goes in $CRFIQA_JAX_HOME)
+  a scores CSV: `path,quality` as `score` writes it (or "path quality" lines); paths are
+           matched to the benchmark's images relative to its folder, extension dropped
+  random:  five random orderings (the baseline every table carries)
+  oracle:  the benchmark's true severity (the demo's synthetic data only)
+--fr NAME=PATH (repeatable), PATH one of:
+  a model (as above): its flip-concatenated embeddings of the benchmark's images
+  an .npz of embeddings keyed by image path (matched as the CSV's paths)
+  a folder of KEY.npy files, one embedding each (the released layout)
+  dlib:    dlib's 128-d ResNet on the aligned crops (the [dlib] extra)
+--discard=F: the quality threshold that discards the fraction F of the reference set (the
+  benchmark's images, or a --quality scores CSV alone without --benchmark) and, with --fr,
+  the FNMR at each --fmr before and after discarding."""
+
+
 def main(argv=None) -> int:
   p = cli.parser(
       "crfiqa_jax.evaluate",
@@ -170,14 +208,25 @@ def main(argv=None) -> int:
       "'random' or 'oracle'. FR PATH: a checkpoint, an .npz of embeddings keyed by image "
       "path, a folder of KEY.npy files, or 'dlib'.",
       "python -m crfiqa_jax.evaluate --benchmark=lfw=data/lfw --quality=crfiqa=crfiqa_l \\\n"
-      "    --quality=random=random --fr=arcface=arcface_emb.npz --out=reports/")
-  p.add_argument("--benchmark", action="append", required=True,
-                 help="prepared dataset folder or folder with pairs.txt (NAME=PATH)")
-  p.add_argument("--quality", action="append", required=True)
-  p.add_argument("--fr", action="append", required=True)
-  p.add_argument("--out", required=True)
-  p.add_argument("--fmr", default=",".join(FMRS))
-  p.add_argument("--modes", default="recomputed,fixed")
+      "    --quality=random=random --fr=arcface=arcface_emb.npz --out=reports/\n"
+      "python -m crfiqa_jax.evaluate --quality=crfiqa=reference_scores.csv --discard=0.05")
+  p.epilog = f"what the sources accept:\n{SOURCES_HELP}\n\n{p.epilog}"
+  p.add_argument("--benchmark", action="append",
+                 help="NAME=PATH (repeatable): a prepared dataset folder (its 'test' split's "
+                      "pairs) or a folder with pairs.txt; required unless --discard")
+  p.add_argument("--quality", action="append", required=True,
+                 help="NAME=PATH (repeatable): a model, a scores CSV, random or oracle "
+                      "(see below)")
+  p.add_argument("--fr", action="append",
+                 help="NAME=PATH (repeatable): a model, an .npz keyed by image path, a "
+                      "folder of KEY.npy or dlib (see below); required unless --discard")
+  p.add_argument("--out", help="folder for results.json, the tables and the plots "
+                               "(threshold.json with --discard); required unless --discard")
+  p.add_argument("--fmr", default=",".join(FMRS),
+                 help=f"comma-separated FMRs of the tables, from {', '.join(FMRS)}")
+  p.add_argument("--modes", default="recomputed,fixed",
+                 help="released ERC threshold modes: recomputed (per reject ratio, the "
+                      "paper's) and/or fixed (set once on all pairs)")
   p.add_argument("--discard-limit", type=float, default=None,
                  help="also report the released-grid trapezoidal partial AUC up to this "
                       "reject ratio (the standard table always has pAUC@0.2)")
@@ -185,6 +234,12 @@ def main(argv=None) -> int:
   engines.add_argument(p)
   p.add_argument("--pair-quality", default="min", choices=PAIR_QUALITY,
                  help="pair quality from the two images' qualities")
+  p.add_argument("--discard", type=float, default=None, metavar="F",
+                 help="print the quality threshold that discards the fraction F of the "
+                      "reference set and, with --fr, the FNMR at each --fmr before and after")
+  p.add_argument("--report", default=None, metavar="PAGE.html",
+                 help="also write one self-contained HTML page of the run: its ERC/EDC "
+                      "plots and tables")
   args = p.parse_args(argv)
   cli.quiet_logging()
   fmrs = [f.strip() for f in args.fmr.split(",")]
@@ -194,10 +249,20 @@ def main(argv=None) -> int:
                                                 if m not in erc.MODES]
     if bad:
       raise ValueError(f"unknown FMR/mode {bad}; FMRs {sorted(FMRS)}, modes {erc.MODES}")
+    if args.discard is not None:
+      discard(args, fmrs)
+      return
+    missing = [f for f in ("benchmark", "fr", "out") if not getattr(args, f)]
+    if missing:
+      raise ValueError(f"--{', --'.join(missing)} required (only --discard runs without)")
     run_report(args.benchmark, args.quality, args.fr, Path(args.out), fmrs=fmrs,
                modes=args.modes.split(","), arch=args.arch, discard_limit=args.discard_limit,
                pair_quality=args.pair_quality, engine=args.engine)
     print(f"wrote {args.out}/results.json, auc_table.csv, pauc_table.csv and plots",
           file=sys.stderr)
+    if args.report:
+      report.write_evaluate_page(args.report, args.out, command=" ".join(
+          [cli.prog("crfiqa_jax.evaluate"), *(sys.argv[1:] if argv is None else argv)]))
+      print(f"wrote {args.report}", file=sys.stderr)
 
   return cli.run(body)

@@ -97,7 +97,7 @@ def report_kind(data_dir) -> str:
   if "test" not in info["splits"]:
     raise ValueError(f"--config.eval_data_dir={data_dir} has no 'test' split (it has "
                      f"{sorted(info['splits'])}): give it a `prepare celeba`, `prepare bin` or "
-                     "`prepare synthetic` output, or '' to skip the held-out report")
+                     "`prepare synthetic` output, or none to skip the held-out report")
   return "pairs" if pairs.has_pairs(data_dir, "test") else "synthetic"
 
 
@@ -131,7 +131,7 @@ def report(state, config, out_dir: Path, *, started: float | None = None):
 def check_eval_data(data_dir, split: str = "test"):
   """(labels, metadata) of the held-out split; raises now, not after training, naming
   --config.eval_data_dir, if `data_dir` cannot serve the report."""
-  fix = ("set --config.eval_data_dir to `prepare synthetic` data, or to '' to skip the "
+  fix = ("set --config.eval_data_dir to `prepare synthetic` data, or to none to skip the "
          "held-out report")
   try:
     labels, meta = RecordSource(data_dir, split).labels_and_metadata()

@@ -38,7 +38,7 @@ from crfiqa_jax.data.codecs import decode_image
 from crfiqa_jax.data.faces import align
 from crfiqa_jax.evaluation import benchmarks as bm, erc
 from crfiqa_jax.evaluation.pair_report import PAIR_QUALITY, pair_quality as combine
-from crfiqa_jax.serve import engines, inference
+from crfiqa_jax.serve import engines, inference, registry
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,19 @@ def main(argv=None) -> int:
   p = cli.parser("crfiqa_jax.ijbc", __doc__,
                  "python -m crfiqa_jax.ijbc --root=IJB_release/IJBC --fr=arcface_r100.pth "
                  "--quality=crfiqa_l --out=reports/ijbc")
-  p.add_argument("--root", required=True)
-  p.add_argument("--fr", required=True, help="checkpoint, or .npz of image-sum embeddings")
-  p.add_argument("--quality", required=True, help="checkpoint or scores CSV")
-  p.add_argument("--out", required=True)
-  p.add_argument("--arch", default=None)
-  p.add_argument("--batch-size", type=int, default=64)
-  p.add_argument("--pair-quality", default="min", choices=PAIR_QUALITY)
+  p.add_argument("--root", required=True,
+                 help="the IJB-C release folder (meta/ and loose_crop/ inside)")
+  p.add_argument("--fr", required=True,
+                 help="FR model: a checkpoint (workdir, exported dir, .pth, .onnx), "
+                      "or an .npz of image-sum embeddings; " + registry.HELP)
+  p.add_argument("--quality", required=True,
+                 help="a checkpoint (as --fr) or a scores CSV (path,quality)")
+  p.add_argument("--out", required=True, help="folder for ijbc.json")
+  p.add_argument("--arch", default=None, help="architecture of .pth checkpoints (default: "
+                                               "detect)")
+  p.add_argument("--batch-size", type=int, default=64, help="images per forward")
+  p.add_argument("--pair-quality", default="min", choices=PAIR_QUALITY,
+                 help="template-pair quality from the two templates' qualities")
   args = p.parse_args(argv)
   cli.quiet_logging()
   return cli.run(lambda: run(args))

@@ -86,8 +86,10 @@ def compare_qualities(spec: str, data_dir, split: str = "test") -> dict[str, np.
     name, sep, path = item.partition("=")
     if not sep or not name or not path:
       raise ValueError(f"--config.compare_quality: expected NAME=PATH, got {item!r}")
-    if not Path(path).exists():
-      raise FileNotFoundError(f"--config.compare_quality: {path} does not exist")
+    try:
+      model_io.kind_of_existing(path)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"--config.compare_quality: {e}") from None
     predictor = engines.load_predictor(path)
     _, out[name] = model_outputs(predictor, data_dir, split, features="none", desc=name)
   return out

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from crfiqa_jax import cli
+from crfiqa_jax.serve import model_io, registry
 
 FILE_NAME = "calibration.json"
 
@@ -85,7 +86,9 @@ def path_for(checkpoint: str | Path) -> Path:
 
 
 def load(checkpoint: str | Path) -> Calibration:
-  path = path_for(checkpoint)
+  """The calibration stored beside `checkpoint` (a released model's name: beside its
+  converted directory)."""
+  path = path_for(model_io.resolve(checkpoint))
   if not path.is_file():
     raise FileNotFoundError(
         f"{path} not found: fit one with `python -m crfiqa_jax.calibration "
@@ -107,16 +110,19 @@ def main(argv=None) -> int:
   p = cli.parser("crfiqa_jax.calibration",
                  "Fits the 0–100 map of a model's quality and stores it beside the model.",
                  "python -m crfiqa_jax.calibration --checkpoint=CKPT --reference=ref.csv")
-  p.add_argument("--checkpoint", required=True, help="the model the scores came from")
-  p.add_argument("--reference", required=True, help="scores CSV of a reference set")
+  p.add_argument("--checkpoint", required=True,
+                 help=f"the model the scores came from: any model path, {registry.HELP}")
+  p.add_argument("--reference", required=True, metavar="SCORES.csv",
+                 help="scores CSV of a reference set")
   args = p.parse_args(argv)
 
   def body():
-    if not Path(args.checkpoint).exists():
+    checkpoint = model_io.resolve(args.checkpoint)
+    if not checkpoint.exists():
       raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
     cal = fit(read_scores(args.reference), reference=str(args.reference))
-    path_for(args.checkpoint).write_text(cal.to_json() + "\n")
+    path_for(checkpoint).write_text(cal.to_json() + "\n")
     print(f"median {cal.median:.6g}, scale {cal.scale:.6g} from {cal.num_reference} faces "
-          f"→ {path_for(args.checkpoint)}", file=sys.stderr)
+          f"→ {path_for(checkpoint)}", file=sys.stderr)
 
   return cli.run(body)

@@ -204,8 +204,8 @@ def make_predictor(model, variables, info: dict, *, engine: str = "auto", source
 
 def load_predictor(path, arch: str | None = None, engine: str = "auto"):
   """A predictor for any kind of model path: onnxruntime for .onnx, else the model on
-  `engine` (see `choose`)."""
-  path = Path(path)
+  `engine` (see `choose`); a released model's name runs its converted directory."""
+  path = model_io.resolve(path)
   if model_io.kind_of_existing(path) == "onnx":
     if engine == "jax":
       raise ValueError(f"{path} is an ONNX file: it runs on onnxruntime, not --engine=jax")

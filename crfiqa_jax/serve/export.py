@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crfiqa_jax import cli
-from crfiqa_jax.serve import model_io
+from crfiqa_jax.serve import model_io, registry
 from crfiqa_jax.serve.onnx_graph import (OUTPUTS, TOLERANCE, check_args, metadata, onnx_model,
                                          verify_onnx)
 
@@ -113,12 +113,15 @@ def main(argv=None) -> int:
                  "--output=crfiqa_l.onnx\npython -m crfiqa_jax.export --checkpoint=runs/demo "
                  "--format=stablehlo --output=demo.shlo\n\n" + __doc__.split("\n\n")[2])
   p.add_argument("--checkpoint", required=True,
-                 help="training workdir, exported model directory or released .pth")
+                 help="training workdir, exported model directory or released .pth, "
+                      + registry.HELP)
   p.add_argument("--arch", default=None, help="architecture of a .pth (default: detect)")
-  p.add_argument("--format", required=True, choices=["onnx", "stablehlo"])
+  p.add_argument("--format", required=True, choices=["onnx", "stablehlo"],
+                 help="onnx (insightface's input convention) or stablehlo")
   p.add_argument("--output", required=True, help="file to write")
   p.add_argument("--batch", type=_parse_batch, default="dynamic", help="dynamic (default) or N")
-  p.add_argument("--layout", default="nchw", choices=["nchw", "nhwc"])
+  p.add_argument("--layout", default="nchw", choices=["nchw", "nhwc"],
+                 help="input layout of the exported function")
   p.add_argument("--outputs", default="embedding,quality",
                  help="comma-separated: quality | embedding,quality (default)")
   args = p.parse_args(argv)

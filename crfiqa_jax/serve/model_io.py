@@ -7,15 +7,22 @@
               source) and DIR/variables/ (orbax), written by `save_exported`
               (`python -m crfiqa_jax.convert`);
   "torch"     a released PyTorch state_dict, FILE.pth or FILE.pt (crfiqa_jax.serve.torch_import);
-  "onnx"      FILE.onnx written by `python -m crfiqa_jax.export`, run by onnxruntime.
+  "onnx"      FILE.onnx written by `python -m crfiqa_jax.export`, run by onnxruntime;
+  "released"  a released model by name, `cr-fiqa-s` or `cr-fiqa-l` (crfiqa_jax.serve.registry):
+              `resolve` converts its file once into an exported directory kept under the
+              file's SHA-256, and every later use reads that directory.
 
-`model_kind(path)` names the kind; `load_model` gives (Flax model, variables, info) for the
-first three; crfiqa_jax.serve.engines.load_predictor runs any of the four.
+`model_kind(path)` names the kind; `resolve(path)` turns a name into its exported directory
+(any other path stays as it is); `load_model` gives (Flax model, variables, info) for all
+but .onnx; crfiqa_jax.serve.engines.load_predictor runs any of them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import grain
@@ -24,7 +31,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from crfiqa_jax import models
-from crfiqa_jax.serve import torch_import
+from crfiqa_jax.serve import registry, torch_import
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"        # a workdir's config
 CHECKPOINTS_DIR = "checkpoints"    # a workdir's orbax steps
@@ -33,11 +42,15 @@ VARIABLES_DIR = "variables"        # an exported directory: the Flax variables (
 TORCH_SUFFIXES = (".pth", ".pt")
 ONNX_SUFFIX = ".onnx"
 KINDS_TEXT = (f"a training workdir ({CONFIG_FILE} + {CHECKPOINTS_DIR}/), an exported model "
-              f"directory ({MODEL_FILE}), a released PyTorch .pth/.pt or an .onnx file")
+              f"directory ({MODEL_FILE}), a released PyTorch .pth/.pt, an .onnx file or a "
+              f"released model's name ({', '.join(registry.MODELS)})")
 
 
 def model_kind(path) -> str | None:
-  """The kind of `path`: "workdir", "exported", "torch", "onnx", or None (none of these)."""
+  """The kind of `path`: "workdir", "exported", "torch", "onnx", "released" (a released
+  model's name), or None (none of these)."""
+  if registry.lookup(path) is not None:
+    return "released"
   p = Path(path)
   if p.suffix.lower() in TORCH_SUFFIXES:
     return "torch"
@@ -55,13 +68,45 @@ def first_line(e: Exception) -> str:
 
 
 def kind_of_existing(path) -> str:
-  """model_kind of a path that must exist; a FileNotFoundError listing the kinds if not."""
+  """model_kind of a path that must exist; a FileNotFoundError listing the kinds if not (for
+  a released model's name: naming its file, where to get it and where to put it)."""
+  released = registry.lookup(path)
+  if released is not None:
+    registry.locate(released)
+    return "released"
   path = Path(path)
   kind = model_kind(path)
   if kind is None or (kind in ("torch", "onnx") and not path.is_file()):
     what = "does not exist" if not path.exists() else "is not a model"
     raise FileNotFoundError(f"{path} {what}: expected {KINDS_TEXT}")
   return kind
+
+
+def resolve(path) -> Path:
+  """The model path `path` stands for: a released model's name → its exported directory
+  (converted from the file on first use, then reused: registry.converted_dir); any other
+  path as it is."""
+  released = registry.lookup(path)
+  if released is None:
+    return Path(path)
+  pth, digest = registry.locate(released)
+  out = registry.converted_dir(digest)
+  if (out / MODEL_FILE).is_file():
+    return out
+  log.info("%s: converting %s once into %s", released.name, pth, out)
+  variables, info = torch_import.load_torch(pth, released.arch)
+  tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  save_exported(tmp, variables, arch=info["arch"], embedding_dim=info["embedding_dim"],
+                source=f"{released.name}: {pth.name}, SHA-256 {digest}")
+  try:
+    os.replace(tmp, out)  # atomic; another process that got there first keeps its copy
+  except OSError:
+    if not (out / MODEL_FILE).is_file():
+      raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out
 
 
 def load_model(path, arch: str | None = None, *, qs_optional: bool = False):
@@ -72,7 +117,7 @@ def load_model(path, arch: str | None = None, *, qs_optional: bool = False):
   read with qs_optional), and for a workdir its config `config`, `step` and class centres
   `centres` [D, C'] (C' is padded to the device count when class sharding was on).
   """
-  path = Path(path).absolute()
+  path = resolve(path).absolute()
   kind = kind_of_existing(path)
   if kind == "onnx":
     raise ValueError(f"{path} is an ONNX file: it runs in onnxruntime (score, evaluate, "

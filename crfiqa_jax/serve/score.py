@@ -18,6 +18,7 @@ scoring (crfiqa_jax.data.faces); `--all-faces` gives one row per face, named PHO
 ranking the photo's faces by detection confidence; `--save-aligned=DIR` writes each crop
 the model saw. A photo without a face gets an empty quality, "no face found" on stderr and
 exit code 1. `--calibrated` adds a 0–100 column (crfiqa_jax.serve.calibration).
+`--report=PAGE.html` writes one HTML page of the run at the end (crfiqa_jax.serve.report).
 
 Several processes (`--coordinator/--num_processes/--process_id`, or `--distributed` on a
 TPU pod): each scores a contiguous slice into OUTPUT.part-I-of-N; process 0 joins them.
@@ -39,7 +40,7 @@ from jax.experimental import multihost_utils
 from crfiqa_jax import cli
 from crfiqa_jax.data import faces, sources
 from crfiqa_jax.data.codecs import IMAGE_EXTENSIONS
-from crfiqa_jax.serve import calibration, engines, inference
+from crfiqa_jax.serve import calibration, engines, inference, registry, report
 
 log = logging.getLogger(__name__)
 HEADER = ["path", "quality"]
@@ -177,6 +178,13 @@ def run(args) -> int:
     empty = sum(1 for row in csv.DictReader(f) if row["quality"] == "")
   if jax.process_index() == 0:
     print(f"scored {len(paths) - empty}/{len(paths)} images → {output}", file=sys.stderr)
+    if args.report:
+      page = report.write_scores_page(
+          args.report, output, command=args.command, model=str(args.checkpoint),
+          engine=getattr(predictor, "engine", "onnxruntime"), detect=args.detect,
+          face=args.face, image_size=predictor.image_size,
+          failures={paths[i]: why for i, why in failures.items()})
+      print(f"report → {page}", file=sys.stderr)
   return 1 if empty else 0
 
 
@@ -185,11 +193,12 @@ def main(argv=None) -> int:
                  "python -m crfiqa_jax.score --checkpoint=runs/crfiqa_s --input=faces/ "
                  "--output=scores.csv")
   p.add_argument("--checkpoint", required=True,
-                 help="training workdir, converted model dir, released .pth or .onnx")
+                 help="training workdir, converted model dir, released .pth or .onnx, "
+                      + registry.HELP)
   p.add_argument("--input", required=True, help="folder of images or list file")
   p.add_argument("--output", required=True, help="CSV to write")
   p.add_argument("--arch", default=None, help="architecture of a .pth checkpoint")
-  p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--batch-size", type=int, default=64, help="images per forward")
   p.add_argument("--strict", action="store_true", help="refuse images of the wrong size")
   engines.add_argument(p)
   p.add_argument("--detect", action="store_true",
@@ -205,8 +214,13 @@ def main(argv=None) -> int:
                       "python -m crfiqa_jax.calibration fits it)")
   p.add_argument("--resume", action="store_true",
                  help="continue an interrupted run into the same --output")
+  p.add_argument("--report", default=None, metavar="PAGE.html",
+                 help="at the end, write one self-contained HTML page: histogram, lowest- "
+                      "and highest-quality faces, failures (python -m crfiqa_jax.report)")
   cli.add_process_flags(p)
+  argv = list(sys.argv[1:] if argv is None else argv)
   args = p.parse_args(argv)
+  args.command = " ".join([cli.prog("crfiqa_jax.score"), *argv])
   cli.quiet_logging()
   cli.init_processes(args)
   return cli.run(lambda: run(args))

@@ -1,11 +1,11 @@
 """`Scorer`: face image quality (and FR features) of in-memory images with one model.
 
-    scorer = Scorer.from_checkpoint("runs/crfiqa_s")      # any model path, any engine
+    scorer = Scorer.from_checkpoint("cr-fiqa-s")          # any model path or released name
     quality = scorer(images)                              # uint8 [N, 112, 112, 3] → [N]
     features, quality = scorer.embed(images)              # [N, 2D] as the released eval
 
-Images must be aligned faces (crfiqa_jax.data.faces aligns photos); files and folders go
-through `python -m crfiqa_jax.score` or crfiqa_jax.serve.inference.extract.
+Images must be aligned faces (crfiqa_jax.data.faces aligns photos; `score_photos` in
+crfiqa_jax.serve.photos takes photo files); folders go through `python -m crfiqa_jax.score`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,23 @@ class Scorer:
   def __init__(self, predictor, *, batch_size: int = 64):
     self.predictor = predictor
     self.batch_size = batch_size
-    self.image_size = predictor.image_size
+    self.image_size: int = predictor.image_size
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, S, S, 3] RGB aligned faces (S = image_size) → float32 quality [N], the raw
+    CR-FIQA output (higher = more useful for recognition)."""
     return self.embed(images, features="none")[1]
 
-  def embed(self, images: np.ndarray, features: str = "concat"):
+  def embed(self, images: np.ndarray, features: str = "concat"
+            ) -> tuple[np.ndarray | None, np.ndarray]:
+    """(features, quality [N]) of uint8 [N, S, S, 3] faces. features "concat": [N, 2D], the
+    L2-normalised embeddings of each face and its mirror image side by side, as the
+    released evaluation compares faces; "raw": [N, D]; "none": None."""
+    images = np.asarray(images)
+    s = self.image_size
+    if images.ndim == 4 and images.shape[1:3] != (s, s):
+      raise ValueError(f"expected faces aligned to {s}x{s}, got {images.shape[2]}x"
+                       f"{images.shape[1]}: align photos first (score_photos) or resize")
     feats, quality, _ = inference.extract(
         self.predictor, sources.array_source(images), features=features,
         batch_size=self.batch_size, progress=False, gather=False)
@@ -40,5 +51,7 @@ class Scorer:
   @classmethod
   def from_checkpoint(cls, path, arch: str | None = None, *, batch_size: int = 64,
                       engine: str = "auto") -> "Scorer":
-    """For any model path (crfiqa_jax.serve.model_io), on `engine` (crfiqa_jax.serve.engines)."""
+    """For any model path (crfiqa_jax.serve.model_io) or a released model's name ("cr-fiqa-s",
+    "cr-fiqa-l"; docs/models.md), on `engine` "auto", "jax" or "onnxruntime"
+    (crfiqa_jax.serve.engines)."""
     return cls(engines.load_predictor(path, arch, engine), batch_size=batch_size)

@@ -18,7 +18,8 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from crfiqa_jax.data import synthetic
+from crfiqa_jax.data import pairs, synthetic
+from crfiqa_jax.data.records import RecordSource, read_info
 from crfiqa_jax.evaluation import heldout
 from crfiqa_jax.serve import model_io
 from crfiqa_jax.train import trainer
@@ -53,6 +54,36 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | Path):
     synthetic.ensure_dataset(config)  # now only checks the parameters of what is there
 
 
+NO_EVAL = "none"  # --config.eval_data_dir=none: no held-out report, even if data_dir has one
+
+
+def held_out_split(data_dir) -> bool:
+  """Whether a prepared dataset holds a held-out split: a "test" split with stored pairs
+  (`prepare celeba`, `prepare bin`) or with every image's degradation severity (`prepare
+  synthetic`)."""
+  try:
+    if "test" not in read_info(data_dir)["splits"]:
+      return False
+    if pairs.has_pairs(data_dir, "test"):
+      return True
+    _, meta = RecordSource(data_dir, "test").labels_and_metadata()
+  except (OSError, ValueError, KeyError):
+    return False
+  return bool(meta) and all("severity" in m for m in meta)
+
+
+def default_eval_data(config: ml_collections.ConfigDict) -> None:
+  """An empty eval_data_dir becomes data_dir when that holds a held-out split (said in one
+  log line); "none" becomes empty (no held-out report)."""
+  if config.eval_data_dir.strip().lower() == NO_EVAL:
+    config.eval_data_dir = ""
+  elif not config.eval_data_dir and config.data_dir and held_out_split(config.data_dir):
+    config.eval_data_dir = config.data_dir
+    log.info("--config.eval_data_dir is empty and %s holds a held-out 'test' split: the "
+             "report after training uses it (--config.eval_data_dir=none skips it)",
+             config.data_dir)
+
+
 def preflight(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[int, int]:
   """Everything that would otherwise fail after training, checked once, before the first
   step; returns the data's (num_classes, num_train_examples)."""
@@ -60,9 +91,10 @@ def preflight(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[i
   if config.eval_data_dir:
     heldout.check(config.eval_data_dir, config.image_size)
   if config.init_checkpoint:
-    if not Path(config.init_checkpoint).exists():
-      raise FileNotFoundError(f"init_checkpoint {config.init_checkpoint} does not exist: "
-                              "fix --config.init_checkpoint")
+    try:
+      model_io.kind_of_existing(config.init_checkpoint)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"--config.init_checkpoint: {e}") from None
     _, _, info = model_io.load_model(config.init_checkpoint, config.model)
     if (info["arch"], info["embedding_dim"]) != (config.model, config.embedding_dim):
       raise ValueError(f"init_checkpoint {config.init_checkpoint} is {info['arch']} with "
@@ -77,6 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   `config.eval_data_dir` (if set) into workdir/eval; returns the final TrainState."""
   started = time.perf_counter()
   prepare_data(config, workdir)
+  default_eval_data(config)
   facts = preflight(config, workdir)
   state = trainer.train(config, workdir, facts=facts)
   if config.eval_data_dir:

@@ -136,3 +136,17 @@ def test_onnx_quality_source_equals_the_flax_model_it_came_from(bench):
   assert res["toy"]["arc"]["pairs_used"] == 120
   np.testing.assert_allclose(erc["onnx"]["fnmr"], erc["flax"]["fnmr"])
   assert erc["onnx"]["auc"] == pytest.approx(erc["flax"]["auc"])
+
+
+def test_report_page_of_a_run(bench):
+  """`--report=PAGE.html`: one page with the run's AUC table and every plot it wrote."""
+  root, tmp = bench
+  assert evaluate.main([f"--benchmark=toy={root}", f"--quality=cr={tmp / 'q.csv'}",
+                        f"--fr=arc={tmp / 'fr.npz'}", f"--out={tmp / 'o'}", "--fmr=1e-2",
+                        f"--report={tmp / 'page.html'}"]) == 0
+  page = (tmp / "page.html").read_text()
+  auc = json.loads((tmp / "o" / "results.json").read_text())[
+      "benchmarks"]["toy"]["arc"]["erc"]["recomputed"]["1e-2"]["cr"]["auc"]
+  assert "toy/arc/recomputed/FMR=1e-2" in page and f"{auc:.6g}"[:6] in page
+  plots = sorted((tmp / "o" / "toy").glob("*.png"))
+  assert plots and page.count("data:image/png;base64,") == len(plots)

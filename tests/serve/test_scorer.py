@@ -24,3 +24,5 @@ def test_python_api_on_arrays(exported):
   np.testing.assert_allclose(np.linalg.norm(feats[:, :64], axis=1), 1, rtol=1e-5)
   with pytest.raises(ValueError, match="uint8"):
     s(imgs.astype(np.float32))
+  with pytest.raises(ValueError, match="aligned to 112x112, got 100x100"):
+    s(imgs[:, :100, :100])  # the network would run on it and give a number
