@@ -116,7 +116,13 @@ def init_processes(args):
 
 def quiet_logging(level: int = logging.INFO):
   """Our loggers at `level`; absl, orbax, grain, tfds and jax only from WARNING."""
-  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+  fmt = "%(levelname)s %(message)s"
+  logging.basicConfig(level=logging.WARNING, format=fmt)
+  # A library may have configured the root logger on import (a module-level logging call
+  # does), so basicConfig did nothing: give its plain stderr handler our format.
+  for handler in logging.getLogger().handlers:
+    if type(handler) is logging.StreamHandler:
+      handler.setFormatter(logging.Formatter(fmt))
   logging.getLogger("crfiqa_jax").setLevel(level)
   for name in ("absl", "orbax", "grain", "tensorflow_datasets", "jax", "etils"):
     logging.getLogger(name).setLevel(logging.WARNING)

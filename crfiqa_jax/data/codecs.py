@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import io
 import logging
+import re
 
 import numpy as np
 import simplejpeg
@@ -65,7 +66,9 @@ def decode_checked(data: bytes, *, exif_orientation: bool = False
         return np.repeat(gray[..., None], 3, axis=-1), None
       return np.asarray(im.convert("RGB")), None
   except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-    raise ValueError(f"{type(e).__name__}: {e}") from None
+    # PIL names the file object it read (an address that differs every run): drop it.
+    why = re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", str(e))
+    raise ValueError(f"{type(e).__name__}: {why}") from None
 
 
 def _exif_rotated(data: bytes) -> bool:
