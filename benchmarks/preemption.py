@@ -32,10 +32,11 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process only reads checkpoints
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
-from crfiqa_jax.serve import model_io
+from crfiqa_jax.serve import model_io  # noqa: E402
 
 GRACE_S = 30.0
 

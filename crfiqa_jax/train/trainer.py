@@ -1,25 +1,25 @@
-"""The Trainer (model, optimiser, mesh, shardings and the jitted step for one config) and the
-training loop with its checkpoints.
+"""The Trainer (model, optimiser, mesh, shardings and the jitted step for one config) and
+`train`, which runs one training job from data to the last checkpoint.
 
-    state = train(config, workdir)   # resumes from workdir's last checkpoint, if any
+    state = train(config, workdir)   # resumes from workdir's newest readable checkpoint
 
-Every step is one call of the jitted `step.train_step` on a global batch split over the
-"data" mesh axis; the loop reads each step's metrics while the next step runs, logs them,
-and checkpoints the train state with the data position (crfiqa_jax.train.checkpoint).
+Every step is one call of the jitted `guarded_step` (the one `step.train_step` with the
+loop's two flags) on a global batch split over the "data" mesh axis; crfiqa_jax.train.loop
+runs the steps, reads each step's metrics while the next one runs, logs them and saves
+the train state with the data position (crfiqa_jax.train.checkpoint).
 
 Faults (docs/faults.md):
 * SIGTERM/SIGINT (crfiqa_jax.faults): each process puts its stop request into the next
   batch it feeds (a "stop" flag per example); the step reduces it over every device of every
   process into its metrics, so all processes read the same answer for the same step and
   stop together one step later, with no sync point of their own. They save that step with
-  the data position and raise cli.Stopped.
-* A non-finite loss (or gradient norm): with nan_policy "stop" the run raises
-  NonFiniteLossError (cli.Diverged) naming the step and the metric; a step is saved only
-  after its own metrics and its state were found finite, so the newest checkpoint is
-  always a good one. With "skip_step" the step's update is dropped inside the jitted step
-  (the step counter and the data still advance), counted and logged; more than
-  MAX_SKIPS_IN_A_ROW in a row is divergence.
-* A full disk: checkpoint and metrics writes raise crfiqa_jax.faults.DiskFull.
+  the data position and `train` raises cli.Stopped.
+* A non-finite loss or gradient norm: with nan_policy "stop" the loop raises
+  NonFiniteLossError (cli.Diverged) naming the step and the metric, and the newest
+  checkpoint is one whose metrics and state were found finite. With "skip_step" the step's
+  update is dropped inside the jitted step (the step counter and the data still advance),
+  counted and logged; more than loop.MAX_SKIPS_IN_A_ROW in a row is divergence.
+* A full disk: checkpoint, config and metrics writes raise crfiqa_jax.faults.DiskFull.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class Trainer:
   """Builds model, optimiser, mesh, shardings and the jitted step for one config.
 
   Attributes after construction: mesh, model, tx, schedule, num_classes,
-  num_classes_padded, steps_per_epoch, total_steps, state_shardings, step_fn (jitted).
+  num_classes_padded, steps_per_epoch, total_steps, state_shardings, step_fn (jitted
+  `guarded_step`: (state, batch) → (state, metrics)), all_finite (jitted: state → bool).
   """
 
   def __init__(self, config, *, num_classes: int, num_examples: int, mesh=None):
