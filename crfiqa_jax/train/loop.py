@@ -116,6 +116,7 @@ class Loop:
       log.warning("step %d: non-finite %s: update skipped (%d in a row, %d in this run)",
                   step, _describe(bad or {"state": math.nan}), self.skips_in_a_row, self.skips)
       if self.skips_in_a_row > MAX_SKIPS_IN_A_ROW:
+        self._log(step, m)
         raise NonFiniteLossError(f"{self.skips_in_a_row} steps in a row up to step {step} "
                                  f"had a non-finite loss and were skipped; {self._newest()}. "
                                  + _ADVICE)
