@@ -57,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.momentum = 0.9
   c.weight_decay = 5e-4      # on every parameter, added to the gradient before momentum
   c.clip_norm = 5.0          # global-norm clip of the backbone gradient (0 = off)
+  c.nan_policy = "stop"      # non-finite loss: "stop" (exit 3, last good checkpoint newest) or
+                             # "skip_step" (drop that update, count it; docs/faults.md)
   c.num_epochs = 34
   c.lr_decay_epochs = (19, 27, 31)  # ×0.1 after this many epochs (released: MILESTONES
                                     # [20, 28, 32] decay after m-1 epochs; configs/small.py)

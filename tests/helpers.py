@@ -88,3 +88,73 @@ def assert_close(emb, q, emb_ref, q_ref):
 def model_info(arch, model, image_size=112):
   """The info dict a model path would give (crfiqa_jax.serve.model_io.load_model)."""
   return {"arch": arch, "embedding_dim": model.embedding_dim, "image_size": image_size}
+
+
+# --- Full disks (tests of crfiqa_jax.faults' DiskFull paths). ---------------------------
+# Two real mechanisms make the kernel refuse a write: a small filesystem filled up ("tmpfs":
+# needs root and a mount namespace that allows it) and the file-size limit ("fsize":
+# RLIMIT_FSIZE, any user; the write fails with EFBIG). Tests run every mechanism this
+# machine has, so CI without root still runs them all through "fsize" and none skips.
+
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+
+
+def _can_mount() -> bool:
+  if os.geteuid() != 0 or not shutil.which("mount"):
+    return False
+  with tempfile.TemporaryDirectory() as d:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", d],
+                      capture_output=True).returncode != 0:
+      return False
+    subprocess.run(["umount", d], check=True)
+  return True
+
+
+FULL_DISK = ["tmpfs", "fsize"] if _can_mount() else ["fsize"]
+
+
+@contextlib.contextmanager
+def small_filesystem(path: pathlib.Path, size: int):
+  """A tmpfs of `size` bytes mounted at `path` (created), unmounted on the way out even when
+  the test fails."""
+  path.mkdir(parents=True, exist_ok=True)
+  subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                 check=True)
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: pathlib.Path, leave: int) -> pathlib.Path:
+  """Fills the filesystem of `path` with one file until `leave` bytes are free; returns it."""
+  filler = path / "filler"
+  free = shutil.disk_usage(path).free
+  with open(filler, "wb") as f:
+    f.write(b"\0" * max(0, free - leave))
+  return filler
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+  """This process's writes past `limit` bytes of any file fail with EFBIG, within."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def limit_file_size(limit: int, cmd: list[str]) -> list[str]:
+  """`cmd` (a Python command line) started through a Python that first limits its file size
+  to `limit` bytes (the limit holds across exec), so its writes past it fail."""
+  start = ("import os, resource, sys; h = resource.getrlimit(resource.RLIMIT_FSIZE)[1]; "
+           f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, h)); "
+           "os.execv(sys.argv[1], sys.argv[1:])")
+  return [cmd[0], "-c", start, *cmd]

@@ -1,11 +1,10 @@
-"""One process of the multi-process tests (tests/test_multiprocess.py): joins the job with
-jax.distributed on loopback and trains the tiny config; process 0 saves gathered params.
+"""One process of the multi-process test (tests/end_to_end/test_multiprocess.py): joins the
+job with jax.distributed on loopback and trains the tiny config; process 0 saves gathered
+params.
 
-  phase "first":  trains <tmp>/straight for 3 steps (params → straight.npz), then
-                  <tmp>/mp for 2 steps, which ends with a checkpoint (the "preemption");
-  phase "resume": a fresh pair of processes resumes <tmp>/mp to 3 steps (→ resumed.npz).
-Checkpoints only at the end of each run (checkpoint_every=100) and a compilation cache
-shared by the three runs (each process compiles the step once) keep it fast.
+  phase "first":  trains <tmp>/straight for 3 steps (params → straight.npz).
+A checkpoint only at the end of the run (checkpoint_every=100) keeps it fast; stopping and
+resuming a pair is tests/end_to_end/test_preemption.py's.
 """
 
 import sys
@@ -43,9 +42,6 @@ def main(port, pid, nproc, data_dir, tmp, phase):
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   if phase == "first":
     _train(data_dir, tmp / "straight", 3, tmp / "straight.npz")
-    _train(data_dir, tmp / "mp", 2)
-  elif phase == "resume":
-    _train(data_dir, tmp / "mp", 3, tmp / "resumed.npz")
   else:
     raise ValueError(f"unknown phase {phase!r}")
   jax.distributed.shutdown()

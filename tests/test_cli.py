@@ -2,6 +2,8 @@
 `error: ...` line on stderr that names the file or the --config.key to change, and no
 traceback. The real entry points run (main(argv), or `python -m` where start-up matters)."""
 
+import errno
+import importlib
 import subprocess
 import sys
 
@@ -9,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crfiqa_jax import main
+from crfiqa_jax import cli, faults, main
+from crfiqa_jax.__main__ import COMMANDS
 from crfiqa_jax.evaluation import evaluate
 from crfiqa_jax.serve import calibration
 from crfiqa_jax.serve import convert
@@ -144,3 +147,34 @@ def test_module_entry_point_exit_code_and_one_line(tmp_path):
   assert r.stderr.strip().splitlines() == [
       "error: --config.lr='abc' is not a valid float"], r.stderr
   assert r.stdout == ""
+
+
+def test_every_command_lists_the_exit_codes_in_its_help(capsys):
+  for name, entry in COMMANDS.items():
+    with pytest.raises(SystemExit) as e:
+      importlib.import_module(f"crfiqa_jax.{entry}").main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for code in ("0", "1", "2", "3", "75", "130"):
+      assert f"\n  {code:<4} " in out, (name, code, out[-800:])
+    assert "docs/faults.md" in out
+
+
+def test_each_fault_has_its_code_and_one_line(capsys):
+  def raises(e):
+    def body():
+      raise e
+    return body
+
+  cases = [(cli.Stopped("SIGTERM: stopped at step 6 of 40; saved"), 75, "stopped: SIGTERM"),
+           (cli.Diverged("non-finite loss=nan at step 7"), 3, "error: non-finite loss=nan"),
+           (faults.DiskFull("/data/q.csv", 1234), 2, "error: no space left on the device of "
+                                                    "/data/q.csv: needs 1,234 bytes"),
+           (OSError(errno.ENOSPC, "No space left on device", "/d/x"), 2, "error: "),
+           (KeyboardInterrupt(), 130, "interrupted: ")]
+  for exc, code, start in cases:
+    assert cli.run(raises(exc)) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(start), (exc, err)
+  with pytest.raises(OSError):  # not a fault of space: a bug, with its traceback
+    cli.run(raises(OSError(errno.EIO, "I/O error")))

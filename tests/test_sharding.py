@@ -43,3 +43,8 @@ def test_global_batch_is_split_over_the_devices():
   assert batch["image"].shape == (16, 2)
   assert {s.data.shape for s in batch["label"].addressable_shards} == {(2,)}
   np.testing.assert_array_equal(np.asarray(batch["image"]), local["image"])
+
+
+def test_any_process_with_one_process_is_the_flag():
+  # Several processes agree through one all-gather: tests/end_to_end/test_preemption.py.
+  assert sharding.any_process(True) is True and sharding.any_process(0) is False

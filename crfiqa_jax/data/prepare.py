@@ -11,6 +11,10 @@ The result opens with `crfiqa_jax.data.open_dataset(OUT_DIR)` (training split) o
 `crfiqa_jax.data.open_pairs(OUT_DIR)` (verification pairs), and with
 `tfds.builder_from_directory(OUT_DIR/face_records/1.0.0)`. What was read, written and
 skipped (and why) is printed at the end and kept in the dataset metadata.
+
+SIGTERM or SIGINT abandons the conversion at once with exit code 75: the unfinished
+dataset folder is removed (TFDS writes into a temporary folder and renames it only when
+complete), so OUT_DIR never holds a partial dataset; rerunning the command starts over.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import functools
 import sys
 import time
 
-from crfiqa_jax import cli
+from crfiqa_jax import cli, faults
 from crfiqa_jax.configs import demo as demo_config
 from crfiqa_jax.data import celeba, converters, faces, records, synthetic
 
@@ -29,7 +33,7 @@ def _parser():
   p = cli.ArgumentParser(prog=cli.prog("crfiqa_jax.prepare"),
                          description=__doc__.split("\n\n")[0],
                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                         epilog=__doc__.split("\n\n", 1)[1])
+                         epilog=__doc__.split("\n\n", 1)[1] + "\n" + cli.EXIT_CODES)
   sub = p.add_subparsers(dest="kind", required=True)
   for kind, src_help in (("insightface", "folder with train.rec, train.idx, property"),
                          ("folder", "folder with one subfolder of images per identity"),
@@ -81,7 +85,20 @@ def _parser():
 
 
 def run(args) -> str:
-  """Performs one conversion; returns the report text."""
+  """Performs one conversion; returns the report text. A stop signal abandons it at once
+  (cli.Stopped), leaving no dataset in args.out."""
+  try:
+    with faults.stop_on_signal(at_once=True):
+      return _convert(args)
+  except faults.StopNow as e:
+    if (records.dataset_dir(args.out) / "dataset_info.json").exists():
+      raise cli.Stopped(f"{e}: the dataset in {args.out} was complete before the stop; "
+                        "nothing to rerun") from None
+    raise cli.Stopped(f"{e}: the conversion was abandoned and {args.out} holds no dataset "
+                      "(the unfinished one was removed); rerun the same command") from None
+
+
+def _convert(args) -> str:
   t0 = time.perf_counter()
   if args.kind == "synthetic":
     path = synthetic.write_dataset(args.out, identities=args.identities,

@@ -10,10 +10,15 @@ have every quality and both embeddings are compared in the two tables of the pai
 (crfiqa_jax.evaluation.pair_report): the CR-FIQA paper's ERC and fiqat's EDC. Writes
 results.json, auc_table.csv, pauc_table.csv and one PNG per benchmark × FR × FMR (×
 threshold mode for the ERC).
+
+SIGTERM or SIGINT abandons the report at once with exit code 75: the plots already drawn
+stay, the tables and results.json (written only when everything is computed) are not
+written; rerunning the command computes the report again.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crfiqa_jax import cli
+from crfiqa_jax import cli, faults
 from crfiqa_jax.evaluation import dlib_fr, erc, plots, threshold
 from crfiqa_jax.evaluation.benchmarks import load_benchmark, load_embeddings, load_quality_csv
 from crfiqa_jax.evaluation.erc import FMRS
@@ -40,6 +45,20 @@ def _spec(s: str) -> tuple[str, str]:
   return name, src
 
 
+def _abandoned_on_stop(fn):
+  """`fn(...)` under stop_on_signal(at_once=True): a stop signal becomes cli.Stopped."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    try:
+      with faults.stop_on_signal(at_once=True):
+        return fn(*args, **kwargs)
+    except faults.StopNow as e:
+      raise cli.Stopped(f"{e}: the report was abandoned before its tables and results.json "
+                        "were written; rerun the same command") from None
+  return wrapped
+
+
+@_abandoned_on_stop
 def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_dir: Path, *,
                fmrs=tuple(FMRS), modes=erc.MODES, arch: str | None = None,
                discard_limit: float | None = None, batch_size: int = 64,

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 import onnxruntime as ort
 
-from crfiqa_jax import models
+from crfiqa_jax import faults, models
 from crfiqa_jax.serve import inference, model_io, onnx_graph
 from crfiqa_jax.serve.onnx_predictor import OnnxPredictor
 
@@ -127,16 +127,9 @@ def cache_path(source, key: str) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-  """Readers (other processes of a multi-process run) see the whole file or none."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+  """Readers (other processes of a multi-process run) see the whole file or none; a write
+  refused for space is crfiqa_jax.faults.DiskFull naming the path and the bytes."""
+  faults.write_atomic(path, data)
 
 
 def onnx_file(model, variables, info: dict, *, source=None) -> Path:

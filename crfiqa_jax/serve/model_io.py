@@ -15,6 +15,11 @@
 `model_kind(path)` names the kind; `resolve(path)` turns a name into its exported directory
 (any other path stays as it is); `load_model` gives (Flax model, variables, info) for all
 but .onnx; crfiqa_jax.serve.engines.load_predictor runs any of them.
+
+A workdir's newest checkpoint step may be damaged (a copy cut short, a lost node, a full
+disk): `newest_readable` tries the steps newest first and warns in one line for each step
+it cannot read; `read_workdir` (scoring) and crfiqa_jax.train.checkpoint (resuming) both
+read through it, so both fall back to the newest readable step.
 """
 
 from __future__ import annotations
@@ -22,15 +27,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from crfiqa_jax import models
+from crfiqa_jax import models, sharding
 from crfiqa_jax.serve import registry, torch_import
 
 log = logging.getLogger(__name__)
@@ -170,9 +177,56 @@ def read_exported(path) -> tuple[dict, dict]:
   return variables, info
 
 
+class CheckpointMismatch(ValueError):
+  """A readable checkpoint that holds another model or config than the one asked for (every
+  step would fail alike, so nothing falls back)."""
+
+
+def damage_reason(e: BaseException) -> str:
+  """One line saying why a checkpoint step could not be read: the innermost error of the
+  chain (tensorstore's own words, e.g. "Requested byte range ... is not valid"), without
+  the database path."""
+  inner = e
+  while inner.__cause__ is not None or (inner.__context__ is not None
+                                        and not inner.__suppress_context__):
+    inner = inner.__cause__ or inner.__context__
+  text = first_line(inner) if str(inner).strip() else type(inner).__name__
+  return re.sub(r' in OCDBT database at local file "[^"]*"', "", text)[:240]
+
+
+def newest_readable(mgr: ocp.CheckpointManager, read: Callable[[int], Any], *,
+                    all_processes: bool = False) -> tuple[int, Any, list[tuple[int, str]]]:
+  """(step, read(step), damaged) for the newest step of `mgr` that `read` reads without an
+  error, trying the steps newest first; `damaged` lists the newer steps that failed as
+  (step, reason) for the caller to warn about. CheckpointMismatch is raised at once;
+  ValueError names every step when none can be read (FileNotFoundError when there are
+  none). With `all_processes` every process of a multi-process run must read a step for it
+  to count (they agree through one all-gather per step tried)."""
+  steps = sorted(mgr.all_steps(), reverse=True)
+  if not steps:
+    raise FileNotFoundError(f"{mgr.directory} holds no checkpoint yet")
+  damaged: list[tuple[int, str]] = []
+  for step in steps:
+    try:
+      out, why = read(step), None
+    except CheckpointMismatch:
+      raise
+    except Exception as e:  # noqa: BLE001 - whatever the libraries raise for a bad file
+      out, why = None, damage_reason(e)
+    if all_processes and sharding.any_process(why is not None) and why is None:
+      why = "another process could not read it"
+    if why is None:
+      return step, out, damaged
+    damaged.append((step, why))
+  raise ValueError(f"no readable checkpoint in {mgr.directory}: "
+                   + "; ".join(f"step {s}: {why}" for s, why in damaged)
+                   + " (restore the folder from a copy, or use a fresh --workdir)")
+
+
 def read_workdir(workdir) -> tuple[dict, dict, int]:
-  """(config dict, train-state tree of numpy arrays, step) of a training workdir's latest
-  checkpoint, without building the optimiser, whatever device count wrote it."""
+  """(config dict, train-state tree of numpy arrays, step) of a training workdir's newest
+  readable checkpoint (newer damaged steps are warned about and left in place), without
+  building the optimiser, whatever device count wrote it."""
   workdir = Path(workdir).absolute()
   if not (workdir / CONFIG_FILE).exists():
     raise FileNotFoundError(f"{workdir} is not a training workdir (no {CONFIG_FILE})")
@@ -180,22 +234,23 @@ def read_workdir(workdir) -> tuple[dict, dict, int]:
   mgr = ocp.CheckpointManager(workdir / CHECKPOINTS_DIR,
                               item_handlers={"state": ocp.StandardCheckpointHandler(),
                                              "data": grain.checkpoint.CheckpointHandler()})
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{workdir}/{CHECKPOINTS_DIR} holds no checkpoint yet")
   one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  try:
+
+  def read(step):
     meta = mgr.item_metadata(step)
     meta = meta["state"] if "state" in meta else meta
     target = jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=one), meta,
         is_leaf=lambda m: hasattr(m, "shape"))
-    state = mgr.restore(step, args=ocp.args.Composite(
+    return mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))["state"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ValueError(f"{workdir}/{CHECKPOINTS_DIR} step {step} cannot be read: "
-                     f"{first_line(e)}") from e
+
+  try:
+    step, state, damaged = newest_readable(mgr, read)
   finally:
     mgr.close()
+  for bad, why in damaged:
+    log.warning("checkpoint step %d in %s cannot be read (%s): left in place; reading step "
+                "%d instead", bad, mgr.directory, why, step)
   return (json.loads((workdir / CONFIG_FILE).read_text()), jax.tree.map(np.asarray, state),
           step)

@@ -22,10 +22,17 @@ exit code 1. `--calibrated` adds a 0–100 column (crfiqa_jax.serve.calibration)
 
 Several processes (`--coordinator/--num_processes/--process_id`, or `--distributed` on a
 TPU pod): each scores a contiguous slice into OUTPUT.part-I-of-N; process 0 joins them.
+
+SIGTERM or SIGINT (a scheduler's preemption notice, Ctrl-C): the batch in hand is scored
+and written, then the run stops with exit code 75 and every row written is complete;
+`--resume` then finishes the run to the same bytes as an uninterrupted one. A full disk
+stops it with exit code 2 and one line naming the file and the bytes needed; the file keeps
+every complete row and no part of one (crfiqa_jax.faults).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -37,7 +44,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from crfiqa_jax import cli
+from crfiqa_jax import cli, faults, sharding
 from crfiqa_jax.data import faces, sources
 from crfiqa_jax.data.codecs import IMAGE_EXTENSIONS
 from crfiqa_jax.serve import calibration, engines, inference, registry, report
@@ -106,41 +113,81 @@ def completed_rows(output: Path, names: Sequence[str]) -> int:
 def score_to_csv(predictor, names: Sequence[str], source: sources.ImageSource,
                  output: str | Path, *, positions: range | None = None,
                  batch_size: int = 64, resume: bool = False,
-                 progress: bool | None = None, calibrate=None) -> dict[int, str]:
-  """Scores `positions` (default all) of `source` into `output`, flushing every batch;
+                 progress: bool | None = None, calibrate=None,
+                 stop: faults.StopRequest | None = None) -> dict[int, str]:
+  """Scores `positions` (default all) of `source` into `output`, writing every batch whole;
   returns {position: reason} of the images that failed in this run. With `calibrate` (a
-  crfiqa_jax.serve.calibration.Calibration), a third column holds the 0–100 score."""
+  crfiqa_jax.serve.calibration.Calibration), a third column holds the 0–100 score.
+
+  `stop` (default: the process's request, crfiqa_jax.faults.current()): once it is set the
+  batch in hand is written and the rest left for --resume. A batch the disk refuses is cut
+  off whole (faults.DiskFull), so the file always ends with a complete row."""
   output = Path(output)
+  stop = faults.current() if stop is None else stop
   positions = range(len(names)) if positions is None else positions
   done = completed_rows(output, [names[i] for i in positions]) if resume else 0
   if done:
     log.info("resuming %s: %d of %d rows already scored", output, done, len(positions))
   failures: dict[int, str] = {}
-  with open(output, "a" if done else "w", newline="") as f:
-    w = csv.writer(f)
+  with open(output, "ab" if done else "wb") as f:
     if not done:
-      w.writerow(HEADER + ["quality_0_100"] * (calibrate is not None))
-    for b in inference.stream(predictor, source, positions=positions[done:],
-                              batch_size=batch_size, progress=progress, desc="scoring"):
-      q = dict(zip(b.indices.tolist(), b.quality.tolist()))
-      for i in b.positions:
-        w.writerow([names[i], _format(q.get(i, np.nan))] + (
-            [_format(calibrate(q.get(i, np.nan)))] if calibrate is not None else []))
-      failures.update(b.failures)
-      f.flush()
+      faults.append(f, _csv_bytes([HEADER + ["quality_0_100"] * (calibrate is not None)]),
+                    output)
+    if stop:
+      return failures
+    with contextlib.closing(inference.stream(
+        predictor, source, positions=positions[done:], batch_size=batch_size,
+        progress=progress, desc="scoring")) as batches:
+      for b in batches:
+        q = dict(zip(b.indices.tolist(), b.quality.tolist()))
+        rows = [[names[i], _format(q.get(i, np.nan))] + (
+            [_format(calibrate(q.get(i, np.nan)))] if calibrate is not None else [])
+            for i in b.positions]
+        faults.append(f, _csv_bytes(rows), output)
+        failures.update(b.failures)
+        if stop:
+          break
   return failures
 
 
+def _csv_bytes(rows) -> bytes:
+  """CSV rows as the csv module writes them (\r\n line ends), UTF-8."""
+  text = io.StringIO()
+  csv.writer(text).writerows(rows)
+  return text.getvalue().encode()
+
+
+def _rows_in(path: Path) -> int:
+  with open(path, "rb") as f:
+    return max(0, sum(1 for _ in f) - 1)
+
+
 def _join_parts(output: Path, parts: list[Path]):
-  with open(output, "wb") as out:  # bytes: the parts' \r\n line ends kept as csv wrote them
-    for k, p in enumerate(parts):
-      lines = p.read_bytes().splitlines(keepends=True)
-      out.writelines(lines if k == 0 else lines[1:])
+  """The parts, in order, into `output` (the header once); the parts are removed after.
+  A full disk leaves the parts as they were, removes the unfinished `output` and raises
+  DiskFull naming it and the bytes the whole file needs."""
+  need = sum(p.stat().st_size for p in parts)
+  faults.check_space(output, need)
+  try:
+    with open(output, "wb") as out:  # bytes: the parts' \r\n line ends kept as csv wrote them
+      for k, p in enumerate(parts):
+        lines = p.read_bytes().splitlines(keepends=True)
+        faults.append(out, b"".join(lines if k == 0 else lines[1:]), output)
+  except faults.DiskFull:
+    output.unlink(missing_ok=True)
+    raise faults.DiskFull(output, need) from None
   for p in parts:
     p.unlink()
 
 
 def run(args) -> int:
+  """The command: exit code 0, or 1 when some images failed; cli.Stopped after a stop
+  request (every complete batch written, the rest left for --resume)."""
+  with faults.stop_on_signal() as stop:
+    return _score(args, stop)
+
+
+def _score(args, stop: faults.StopRequest) -> int:
   paths = list_inputs(args.input)
   if not paths:
     raise ValueError(f"no images found in {args.input}")
@@ -165,13 +212,27 @@ def run(args) -> int:
                             positions=inference.process_slice(len(paths)),
                             batch_size=args.batch_size, resume=args.resume, calibrate=cal)
     multihost_utils.sync_global_devices("crfiqa_jax.score parts written")
-    if me == 0:
-      _join_parts(output, [output.with_name(f"{output.name}.part-{k:05d}-of-{n_proc:05d}")
-                           for k in range(n_proc)])
+    stopped = sharding.any_process(bool(stop))
+    error = None
+    if me == 0 and not stopped:
+      try:
+        _join_parts(output, [output.with_name(f"{output.name}.part-{k:05d}-of-{n_proc:05d}")
+                             for k in range(n_proc)])
+      except OSError as e:  # raised after the barrier, so that no process waits on it
+        error = e
     multihost_utils.sync_global_devices("crfiqa_jax.score joined")
+    if sharding.any_process(error is not None):
+      raise error or ValueError(f"process 0 could not write {output} (its error says why); "
+                                "the parts are kept: rerun with --resume")
+    mine = part
   else:
     failures = score_to_csv(predictor, paths, source, output, batch_size=args.batch_size,
                             resume=args.resume, calibrate=cal)
+    stopped, mine = bool(stop), output
+  if stopped:
+    who = stop.name or "a stop request of another process"
+    raise cli.Stopped(f"{who}: {mine} holds the first {_rows_in(mine):,} of its rows, each "
+                      "complete; rerun the same command with --resume to finish")
   for i, why in sorted(failures.items()):
     print(f"failed: {paths[i]}: {why}", file=sys.stderr)
   with open(output, newline="") as f:

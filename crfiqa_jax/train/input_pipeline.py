@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 
 import grain
 import jax
 import numpy as np
 from absl import flags
 
+from crfiqa_jax import faults
 from crfiqa_jax.data.codecs import decode_image, fit_image
 from crfiqa_jax.data.records import RecordSource
 
@@ -86,12 +88,20 @@ def train_dataset(data_dir: str, *, local_batch: int, seed: int, image_size: int
   if worker_count > 0:
     _absl_flags_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                     per_worker_buffer_size=2))
+                                                     per_worker_buffer_size=2),
+                        worker_init_fn=_leave_stop_signals_to_the_trainer)
     # Workers hand batches over in shared memory, freed when their array is deleted. jax
     # may keep a host array it was given (zero-copy on CPU) past the end of the run, and
     # such blocks were reported leaked at exit: copy each batch out at once instead.
     it = it.map(_own_copy)
   return it
+
+
+def _leave_stop_signals_to_the_trainer(worker_index: int, worker_count: int):
+  """In each worker: SIGTERM and SIGINT are ignored (a terminal's Ctrl-C reaches the whole
+  process group); the training process stops its workers when it has saved."""
+  for s in faults.STOP_SIGNALS:
+    signal.signal(s, signal.SIG_IGN)
 
 
 def _own_copy(batch: dict) -> dict:

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from crfiqa_jax import cli, faults, sharding
 from crfiqa_jax.data import pairs, synthetic
 from crfiqa_jax.data.records import RecordSource, read_info
 from crfiqa_jax.evaluation import heldout
@@ -106,14 +107,23 @@ def preflight(config: ml_collections.ConfigDict, workdir: str | Path) -> tuple[i
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Synthetic data if the config asks for it, checks, training, then the ERC report of
-  `config.eval_data_dir` (if set) into workdir/eval; returns the final TrainState."""
-  started = time.perf_counter()
-  prepare_data(config, workdir)
-  default_eval_data(config)
-  facts = preflight(config, workdir)
-  state = trainer.train(config, workdir, facts=facts)
-  if config.eval_data_dir:
-    out = Path(workdir) / "eval"
-    heldout.report(state, config, out, started=started)
-  return state
+  `config.eval_data_dir` (if set) into workdir/eval; returns the final TrainState.
 
+  SIGTERM/SIGINT from any point of the job is a stop request (crfiqa_jax.faults): training
+  stops at a step all processes agree on, saved (cli.Stopped, from trainer.train); a
+  request that comes after the last step skips the held-out report (cli.Stopped too), which
+  rerunning the same command then writes. During the report itself the report finishes."""
+  with faults.stop_on_signal() as stop:
+    started = time.perf_counter()
+    prepare_data(config, workdir)
+    default_eval_data(config)
+    facts = preflight(config, workdir)
+    state = trainer.train(config, workdir, facts=facts)
+    if config.eval_data_dir:
+      if sharding.any_process(bool(stop)):
+        raise cli.Stopped(f"{stop.name or 'a stop request of another process'}: training is "
+                          f"complete ({int(state.step)} steps, saved in {workdir}); the "
+                          "held-out report was not written: rerun the same command to write it")
+      out = Path(workdir) / "eval"
+      heldout.report(state, config, out, started=started)
+  return state

@@ -1,12 +1,25 @@
-"""The Trainer (model, optimiser, mesh, shardings and the jitted step for one config) and the
-training loop with its checkpoints.
+"""The Trainer (model, optimiser, mesh, shardings and the jitted step for one config) and
+`train`, which runs one training job from data to the last checkpoint.
 
-    state = train(config, workdir)   # resumes from workdir's last checkpoint, if any
+    state = train(config, workdir)   # resumes from workdir's newest readable checkpoint
 
-Every step is one call of the jitted `step.train_step` on a global batch split over the
-"data" mesh axis; the loop logs, checks the loss for non-finite values (the previous
-step's, while the current one runs) and checkpoints the train state with the data
-position (crfiqa_jax.train.checkpoint).
+Every step is one call of the jitted `guarded_step` (the one `step.train_step` with the
+loop's two flags) on a global batch split over the "data" mesh axis; crfiqa_jax.train.loop
+runs the steps, reads each step's metrics while the next one runs, logs them and saves
+the train state with the data position (crfiqa_jax.train.checkpoint).
+
+Faults (docs/faults.md):
+* SIGTERM/SIGINT (crfiqa_jax.faults): each process puts its stop request into the next
+  batch it feeds (a "stop" flag per example); the step reduces it over every device of every
+  process into its metrics, so all processes read the same answer for the same step and
+  stop together one step later, with no sync point of their own. They save that step with
+  the data position and `train` raises cli.Stopped.
+* A non-finite loss or gradient norm: with nan_policy "stop" the loop raises
+  NonFiniteLossError (cli.Diverged) naming the step and the metric, and the newest
+  checkpoint is one whose metrics and state were found finite. With "skip_step" the step's
+  update is dropped inside the jitted step (the step counter and the data still advance),
+  counted and logged; more than loop.MAX_SKIPS_IN_A_ROW in a row is divergence.
+* A full disk: checkpoint, config and metrics writes raise crfiqa_jax.faults.DiskFull.
 """
 
 from __future__ import annotations
@@ -14,32 +27,33 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
-import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from crfiqa_jax import sharding
+from crfiqa_jax import cli, faults, sharding
 from crfiqa_jax.data.records import read_info
 from crfiqa_jax.serve.model_io import CHECKPOINTS_DIR, CONFIG_FILE
 from crfiqa_jax.train import checkpoint, input_pipeline, optim, warmstart
+from crfiqa_jax.train.loop import (  # noqa: F401 - NonFiniteLossError: part of this API
+    METRICS_FILE, Loop, MetricsFile, NonFiniteLossError)
 from crfiqa_jax.train.step import (IGSettings, TrainState, augment_params, build_model,
                                    init_state, loss_kwargs_from_config, train_step)
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
+NAN_POLICIES = ("stop", "skip_step")
 
 
 class Trainer:
   """Builds model, optimiser, mesh, shardings and the jitted step for one config.
 
   Attributes after construction: mesh, model, tx, schedule, num_classes,
-  num_classes_padded, steps_per_epoch, total_steps, state_shardings, step_fn (jitted).
+  num_classes_padded, steps_per_epoch, total_steps, state_shardings, step_fn (jitted
+  `guarded_step`: (state, batch) → (state, metrics)), all_finite (jitted: state → bool).
   """
 
   def __init__(self, config, *, num_classes: int, num_examples: int, mesh=None):
@@ -74,6 +88,9 @@ class Trainer:
     self.abstract_state = jax.eval_shape(self._init, rng)
     self.state_shardings = sharding.state_shardings(self.abstract_state, self.mesh,
                                                     config.shard_centres)
+    if config.get("nan_policy", "stop") not in NAN_POLICIES:
+      raise ValueError(f"--config.nan_policy={config.nan_policy!r}; choose one of "
+                       f"{NAN_POLICIES}")
     repl = sharding.replicated(self.mesh)
     step = functools.partial(
         train_step, model=self.model, tx=self.tx, schedule=self.schedule,
@@ -82,9 +99,12 @@ class Trainer:
                          else None), ig=ig,
         frozen_backbone=config.trainable == "qs",
         batch_augment=augment_params(config) if config.get("augment_batch") else None)
+    step = functools.partial(guarded_step, step=step,
+                             skip_nonfinite=config.get("nan_policy", "stop") == "skip_step")
     batch_sh = sharding.batch_sharding(self.mesh)
     self.step_fn = jax.jit(step, in_shardings=(self.state_shardings, batch_sh),
                            out_shardings=(self.state_shardings, repl), donate_argnums=0)
+    self.all_finite = jax.jit(_all_finite, out_shardings=repl)
 
   def init(self) -> TrainState:
     rng = jax.random.PRNGKey(self.config.seed)
@@ -94,17 +114,30 @@ class Trainer:
     return checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
 
 
-# ---------------------------------------------------------------------------------------
-# The loop.
-# ---------------------------------------------------------------------------------------
+def guarded_step(state: TrainState, batch: dict, *, step, skip_nonfinite: bool):
+  """`step(state, batch)` with the loop's two flags. batch["stop"] (int8 [B], optional):
+  the feeding process's stop request per example, reduced over the global batch into
+  metrics["stop"]. With `skip_nonfinite` a step whose loss, gradient norm or new state is
+  not finite keeps the old state (but advances the step counter) and sets
+  metrics["skipped"] to 1."""
+  batch = dict(batch)
+  stop = batch.pop("stop", None)
+  new, metrics = step(state, batch)
+  if skip_nonfinite:
+    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & _all_finite(new)
+    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state).replace(step=new.step)
+    metrics = {**metrics, "skipped": (~ok).astype(jnp.int32)}
+  if stop is not None:
+    metrics = {**metrics, "stop": jnp.max(stop).astype(jnp.int32)}
+  return new, metrics
 
-def _check_finite(step: int, metrics: dict):
-  bad = [k for k in ("loss", "loss_arc", "loss_cr", "grad_norm")
-         if not math.isfinite(float(metrics[k]))]
-  if bad:
-    raise NonFiniteLossError(
-        f"Non-finite {', '.join(bad)} at step {step} ({ {k: float(metrics[k]) for k in bad} }). "
-        "Lower --config.lr, check the data, or resume from the last checkpoint.")
+
+def _all_finite(tree) -> jax.Array:
+  """Whether every floating-point value of `tree` is finite (a scalar bool)."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
 
 
 def dataset_facts(config) -> tuple[int, int]:
@@ -170,9 +203,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh=None,
   """Trains per `config`, checkpointing to and resuming from `workdir`; returns the state.
 
   `mesh` defaults to every device of every process; a checkpoint written on one device
-  count resumes on another (checkpoint.restore). `facts`: `preflight`'s result when the
-  caller ran it already (crfiqa_jax.train.job does)."""
-  workdir = Path(workdir)
+  count resumes on another (crfiqa_jax.train.checkpoint). `facts`: `preflight`'s result
+  when the caller ran it already (crfiqa_jax.train.job does). Raises cli.Stopped after
+  saving on SIGTERM/SIGINT, NonFiniteLossError on divergence, DiskFull on a full disk."""
+  with faults.stop_on_signal() as stop:
+    return _train(config, Path(workdir), mesh, facts, stop)
+
+
+def _train(config, workdir: Path, mesh, facts, stop: faults.StopRequest) -> TrainState:
   workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
 
@@ -180,8 +218,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh=None,
   num_classes, num_examples = facts or preflight(config, workdir)
   if is_main:  # lets score/evaluate/analyze rebuild the model from a workdir alone
     saved = json.loads(config.to_json_best_effort())
-    (workdir / CONFIG_FILE).write_text(json.dumps({**saved, "num_classes": num_classes},
-                                                    indent=1))
+    faults.write_atomic(workdir / CONFIG_FILE, json.dumps(
+        {**saved, "num_classes": num_classes}, indent=1).encode())
   trainer = Trainer(config, num_classes=num_classes, num_examples=num_examples, mesh=mesh)
   if is_main:
     log.info("devices=%d processes=%d model=%s classes=%d (padded %d) examples=%d "
@@ -194,55 +232,36 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, mesh=None,
   data_iter = iter(input_pipeline.train_dataset(
       config.data_dir, local_batch=trainer.local_batch, seed=config.seed,
       image_size=config.image_size, flip=config.flip, worker_count=config.data_workers))
-
-  # --- State: restore or init. ---
-  mgr = checkpoint.manager(workdir, max_to_keep=config.keep_checkpoints,
-                           save_interval_steps=config.checkpoint_every)
-  if mgr.latest_step() is not None:
-    state = checkpoint.restore(mgr, trainer.abstract_target(), data_iter)
-    if is_main:
-      log.info("Resumed from %s at step %d", mgr.directory, int(state.step))
-  else:
-    state = trainer.init()
-    if config.init_checkpoint:
-      state = warmstart.load_init(state, config, trainer)
-
-  # --- Loop. ---
-  writer = open(workdir / "metrics.jsonl", "a") if is_main else None
-  step = int(state.step)
-  pending = None
-  t0, n0 = time.perf_counter(), step
+  ckpts = checkpoint.Checkpoints(workdir, max_to_keep=config.keep_checkpoints)
+  metrics_file = None
   try:
-    while step < trainer.total_steps:
-      batch = sharding.global_batch(next(data_iter), trainer.mesh)
-      state, metrics = trainer.step_fn(state, batch)
-      step += 1
-      if pending is not None:  # check the previous step while this one runs
-        _check_finite(*pending)
-      pending = (step, metrics)
-      if step % config.log_every == 0 or step == trainer.total_steps:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        _check_finite(step, m)
-        dt = time.perf_counter() - t0
-        m["images_per_s"] = (step - n0) * config.batch_size / max(dt, 1e-9)
-        t0, n0 = time.perf_counter(), step
-        if is_main:
-          eta = (trainer.total_steps - step) * config.batch_size / max(m["images_per_s"], 1e-9)
-          log.info("step %d/%d loss %.3f (arc %.3f cr %.4f) CR %.3f CCS %.3f NNCCS %.3f "
-                   "lr %.3g |g| %.2f %.0f img/s eta %.0fs", step, trainer.total_steps,
-                   m["loss"], m["loss_arc"], m["loss_cr"], m["cr"], m["ccs"], m["nnccs"],
-                   m["lr"], m["grad_norm"], m["images_per_s"], eta)
-          writer.write(json.dumps({"step": step, **m}) + "\n")
-          writer.flush()
-      checkpoint.save(mgr, step, state, data_iter)
-    if pending is not None:
-      _check_finite(*pending)
-    checkpoint.save(mgr, step, state, data_iter, force=mgr.latest_step() != step)
+    # --- State: restore or init. ---
+    state = ckpts.restore(trainer.abstract_target(), data_iter)
+    if state is not None:
+      if is_main:
+        log.info("Resumed from %s at step %d", ckpts.directory, int(state.step))
+    else:
+      state = trainer.init()
+      if config.init_checkpoint:
+        state = warmstart.load_init(state, config, trainer)
+    if is_main:
+      metrics_file = MetricsFile(workdir / METRICS_FILE, int(state.step))
+    loop = Loop(config, trainer, ckpts, stop, metrics_file)
+    state = loop.run(state, data_iter)
+    ckpts.wait()
   finally:
-    mgr.wait_until_finished()
-    if writer:
-      writer.close()
-    close = getattr(data_iter, "close", None)
-    if close:
-      close()
+    try:
+      ckpts.close()
+    finally:
+      if metrics_file:
+        metrics_file.close()
+      close = getattr(data_iter, "close", None)
+      if close:
+        close()
+  if loop.stopped:
+    who = stop.name or "a stop request of another process"
+    after = f", {stop.seconds():.1f} s after the signal" if stop else ""
+    raise cli.Stopped(f"{who}: stopped at step {loop.step} of {trainer.total_steps}; the "
+                      f"train state and data position are saved in {ckpts.directory}/"
+                      f"{loop.step}{after}; rerun the same command to resume")
   return state

@@ -1,5 +1,11 @@
-"""`python -m crfiqa_jax.prepare`: each kind through the command line, its report, and the
-CLI contract (one error line, exit code 2) on bad input."""
+"""`python -m crfiqa_jax.prepare`: each kind through the command line, its report, the CLI
+contract (one error line, exit code 2) on bad input, and a SIGTERM that abandons the
+conversion cleanly (exit code 75)."""
+
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 
@@ -35,3 +41,28 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert e.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert err[-1].startswith("error: ") and "--help" in err[-1]
+
+
+def test_sigterm_abandons_the_conversion_and_leaves_no_dataset(tmp_path):
+  """A real SIGTERM while TFDS writes: exit code 75, one `stopped:` line, no dataset and no
+  unfinished folder in OUT; the same command then writes the whole dataset."""
+  out = tmp_path / "syn"
+  cmd = [sys.executable, "-m", "crfiqa_jax.prepare", "synthetic", str(out),
+         "--identities=100", "--per-identity=20", "--eval-identities=2",
+         "--eval-per-identity=2", "--image-size=24"]
+  p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and p.poll() is None:
+    if any("incomplete" in q.name for q in out.rglob("*")):  # TFDS is writing
+      break
+    time.sleep(0.01)
+  p.send_signal(signal.SIGTERM)
+  stdout, stderr = p.communicate(timeout=300)
+  assert p.returncode == 75, stderr[-2000:]
+  stopped = [ln for ln in stderr.splitlines() if ln.startswith("stopped:")]
+  assert len(stopped) == 1 and "Traceback" not in stderr, stderr[-2000:]
+  assert "SIGTERM" in stopped[0] and "holds no dataset" in stopped[0]
+  assert not [q for q in out.rglob("*") if "incomplete" in q.name or q.name.endswith(".json")]
+  r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert data.read_info(out)["splits"] == {"train": 2000, "test": 4}

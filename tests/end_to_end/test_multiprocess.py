@@ -1,5 +1,6 @@
 """Two processes × 4 CPU devices (jax.distributed over loopback) train exactly like one
-process with 8 devices, and a pair killed after a checkpoint resumes bit-identically."""
+process with 8 devices, each saving its own shards and data position (a pair stopped by
+SIGTERM and resumed bit-identically: test_preemption.py)."""
 
 import json
 import os
@@ -51,29 +52,19 @@ def _data_positions(workdir, step):
   return {f.name: json.loads(f.read_text()) for f in files}
 
 
-def test_two_processes_match_one_and_resume_exactly(tiny_records, tmp_path):
+def test_two_processes_match_one(tiny_records, tmp_path):
   _run_pair(tiny_records, tmp_path, "first")
-  # The "preempted" pair saved step 2: each process its data position and its own shards of
-  # the state (the class centres are split over all 8 devices of both processes).
-  ckpt = tmp_path / "mp" / "checkpoints" / "2"
-  assert len(_data_positions(tmp_path / "mp", 2)) == 2
+  # The pair saved step 3: each process its data position and its own shards of the state
+  # (the class centres are split over all 8 devices of both processes).
+  ckpt = tmp_path / "straight" / "checkpoints" / "3"
+  assert len(_data_positions(tmp_path / "straight", 3)) == 2
   assert {p.name for p in (ckpt / "state").glob("ocdbt.process_*")} == {
       "ocdbt.process_0", "ocdbt.process_1"}
-  _run_pair(tiny_records, tmp_path, "resume")
-
-  # A fresh pair resumed from step 2 and ended bit-identical to the uninterrupted pair,
-  # having read the same batches: same parameters, same data position at step 3.
-  straight, resumed = np.load(tmp_path / "straight.npz"), np.load(tmp_path / "resumed.npz")
-  assert set(straight.files) == set(resumed.files)
-  for k in straight.files:
-    np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
-  want, got = _data_positions(tmp_path / "straight", 3), _data_positions(tmp_path / "mp", 3)
-  assert len(want) == 2 and got == want
-  assert want != _data_positions(tmp_path / "mp", 2)  # the position did move
-  lines = (tmp_path / "mp" / "metrics.jsonl").read_text().splitlines()
+  straight = np.load(tmp_path / "straight.npz")
+  lines = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
 
-  # And the pair trains like one process with 8 devices.
+  # The pair trains like one process with 8 devices.
   cfg = config_lib.load_config("base", dict(TINY, data_dir=str(tiny_records), total_steps="3",
                                      shard_centres="true"))
   single = as_numpy(train(cfg, tmp_path / "sp").params)

@@ -7,6 +7,9 @@ pair scores 1, every other impostor 0. Image 1 has the lowest quality.
 """
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -150,3 +153,40 @@ def test_report_page_of_a_run(bench):
   assert "toy/arc/recomputed/FMR=1e-2" in page and f"{auc:.6g}"[:6] in page
   plots = sorted((tmp / "o" / "toy").glob("*.png"))
   assert plots and page.count("data:image/png;base64,") == len(plots)
+
+
+def test_sigterm_abandons_the_report_and_a_rerun_writes_it(tiny_model, tmp_path):
+  """A real SIGTERM while the model runs over the benchmark's images: exit code 75 and one
+  `stopped:` line, no tables or results.json that would pass for a complete report; the
+  same command then writes them."""
+  model_dir, _, _ = tiny_model
+  root = tmp_path / "bench"
+  (root / "images").mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for i in range(600):
+    Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(
+        root / "images" / f"{i}.png", compress_level=0)
+  (root / "pairs.txt").write_text("".join(f"{i} {i + 1} {int(i % 4 == 0)}\n"
+                                          for i in range(0, 599)))
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "crfiqa_jax.evaluate", f"--benchmark=b={root}",
+         f"--quality=m={model_dir}", f"--fr=m={model_dir}", f"--out={out}",
+         "--engine=onnxruntime", "--fmr=1e-2", "--modes=fixed"]
+  p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in p.stderr:  # the engine says it is loading the model: the report has begun
+    lines.append(line)
+    if "onnxruntime engine" in line:
+      break
+  p.send_signal(signal.SIGTERM)
+  err = "".join(lines) + p.stderr.read()
+  assert p.wait(timeout=300) == 75, err[-2000:]
+  stopped = [ln for ln in err.splitlines() if ln.startswith("stopped:")]
+  assert len(stopped) == 1 and "Traceback" not in err, err[-2000:]
+  assert "SIGTERM" in stopped[0] and "abandoned" in stopped[0]
+  assert not [f for f in ("results.json", "auc_table.csv", "pauc_table.csv")
+              if (out / f).exists()]
+  r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  saved = json.loads((out / "results.json").read_text())
+  assert saved["benchmarks"]["b"]["m"]["pairs_used"] == 599

@@ -1,8 +1,10 @@
 """The scoring engines (crfiqa_jax.engines): onnxruntime equals JAX, its ONNX cache is keyed
 by the weights, and the streaming guarantees (order, failures, resume, process slices)
-hold on both engines."""
+hold on both engines, and a cache write refused for space is one error line."""
 
+import contextlib
 import csv
+import shutil
 
 import jax
 import numpy as np
@@ -17,7 +19,7 @@ from crfiqa_jax.serve import inference
 from crfiqa_jax.serve import model_io
 from crfiqa_jax.serve import score
 from crfiqa_jax.serve import scorer
-from helpers import random_variables
+from helpers import FULL_DISK, fill, file_size_limit, random_variables, small_filesystem
 
 
 SIZE = 32
@@ -162,3 +164,34 @@ def test_cli_engine_flag(setup, tmp_path, capsys):
   rc = score.main([f"--checkpoint={onnx_path}", f"--input={faces}", "--engine=jax",
                    f"--output={tmp_path / 'x.csv'}"])
   assert rc == 2 and "runs on onnxruntime" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", FULL_DISK)
+def test_onnx_cache_on_a_full_disk_is_one_error_line(setup, tmp_path, capsys, how):
+  """The ONNX cache beside the model cannot be written (a filled tmpfs, or the file-size
+  limit): `score` exits with 2 and one line naming the .onnx file and the bytes it needs;
+  no file of the cache is left behind, and with room the same command scores."""
+  _, _, ckpt, faces, _ = setup
+  with contextlib.ExitStack() as stack:
+    if how == "tmpfs":
+      fs = stack.enter_context(small_filesystem(tmp_path / "fs", 4 << 20))
+      model = shutil.copytree(ckpt, fs / "model", ignore=shutil.ignore_patterns("onnx"))
+      filler = fill(fs, 4096)
+      limited = contextlib.nullcontext
+    else:
+      model = shutil.copytree(ckpt, tmp_path / "model", ignore=shutil.ignore_patterns("onnx"))
+      filler, limited = None, lambda: file_size_limit(4096)
+    argv = [f"--checkpoint={model}", f"--input={faces}", f"--output={tmp_path / 'q.csv'}",
+            "--engine=onnxruntime"]
+    with limited():
+      rc = score.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert str(model / "onnx") in lines[0] and ".onnx" in lines[0] and "bytes" in lines[0]
+    assert not list((model / "onnx").glob("*"))
+    if filler is not None:
+      filler.unlink()
+    assert score.main(argv) == 1  # room again: scored (one unreadable image)
+    assert len(list((model / "onnx").glob("*.onnx"))) == 1

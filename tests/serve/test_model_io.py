@@ -61,3 +61,38 @@ def test_workdir_gives_the_inference_variables_and_centres(tiny_records, tmp_pat
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / model_io.CONFIG_FILE).write_text("{}")
     model_io.read_workdir(tmp_path / "empty")
+
+
+class _Steps:
+  """A stand-in for an orbax manager: its steps and folder."""
+
+  def __init__(self, steps, directory="/ckpts"):
+    self.steps, self.directory = steps, directory
+
+  def all_steps(self):
+    return list(self.steps)
+
+
+def test_newest_readable_passes_over_unreadable_steps():
+  def read(step):
+    if step == 9:
+      raise ValueError("OUT_OF_RANGE: Requested byte range [10, 20) is not valid") from (
+          OSError("innermost: cut short"))
+    if step == 7:
+      raise KeyError("Unknown key: shape")
+    return f"state {step}"
+
+  step, got, damaged = model_io.newest_readable(_Steps([3, 9, 5, 7]), read)
+  assert (step, got) == (5, "state 5")
+  assert [s for s, _ in damaged] == [9, 7]
+  assert damaged[0][1] == "innermost: cut short"  # the root cause's words
+  with pytest.raises(ValueError, match=r"no readable checkpoint in /ckpts: step 9: .*step 7"):
+    model_io.newest_readable(_Steps([9, 7]), read)
+  with pytest.raises(FileNotFoundError, match="holds no checkpoint yet"):
+    model_io.newest_readable(_Steps([]), read)
+
+  def mismatch(step):
+    raise model_io.CheckpointMismatch("another model")
+
+  with pytest.raises(model_io.CheckpointMismatch):  # not damage: nothing falls back
+    model_io.newest_readable(_Steps([4, 2]), mismatch)

@@ -1,6 +1,7 @@
 """`python -m crfiqa_jax.score`: rows in input order with failures reported, strict sizes
 and list inputs, a killed run resumed to the same bytes, torn lines and foreign files."""
 
+import contextlib
 import csv
 import os
 import signal
@@ -17,7 +18,7 @@ from PIL import Image
 from conftest import xla_flags
 from crfiqa_jax import models
 from crfiqa_jax.serve import model_io, score
-from helpers import random_variables
+from helpers import FULL_DISK, fill, limit_file_size, random_variables, small_filesystem
 
 
 @pytest.fixture(scope="module")
@@ -113,28 +114,93 @@ def scoring_setup(tmp_path_factory):
   return ckpt, faces
 
 
-def test_score_killed_then_resumed_equals_uninterrupted(scoring_setup, tmp_path):
+@pytest.fixture(scope="module")
+def full_scores(scoring_setup, tmp_path_factory):
+  """The uninterrupted run's CSV bytes."""
   ckpt, faces = scoring_setup
-  full = tmp_path / "full.csv"
+  full = tmp_path_factory.mktemp("full") / "full.csv"
   r = subprocess.run(_score_cmd(ckpt, faces, full), env=_env(), capture_output=True,
                      text=True, timeout=600)
   assert r.returncode == 1 and "00007.jpg" in r.stderr  # the broken file, reported
-  part = tmp_path / "part.csv"
-  p = subprocess.Popen(_score_cmd(ckpt, faces, part), env=_env(), stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+  return full.read_bytes()
+
+
+def _signal_midway(cmd, part, signum):
+  """Starts `cmd`, sends `signum` once it wrote 200 rows; (return code, stderr)."""
+  p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
   deadline = time.time() + 300
   while time.time() < deadline and p.poll() is None:
     if part.exists() and len(part.read_bytes().splitlines()) > 200:  # rows written
       break
     time.sleep(0.005)
-  p.send_signal(signal.SIGKILL)
-  p.wait()
+  p.send_signal(signum)
+  return p.wait(timeout=300), p.stderr.read()
+
+
+def test_score_killed_then_resumed_equals_uninterrupted(scoring_setup, full_scores, tmp_path):
+  ckpt, faces = scoring_setup
+  part = tmp_path / "part.csv"
+  _signal_midway(_score_cmd(ckpt, faces, part), part, signal.SIGKILL)
   n_before = len(part.read_text().splitlines()) - 1
   assert 0 < n_before < 3000, "the run was not killed midway"
   r = subprocess.run(_score_cmd(ckpt, faces, part, "--resume"), env=_env(),
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 1, r.stderr[-2000:]
-  assert part.read_text() == full.read_text()
+  assert part.read_bytes() == full_scores
+
+
+def test_sigterm_writes_the_batch_in_hand_then_resume_completes(scoring_setup, full_scores,
+                                                                 tmp_path):
+  """A preemption notice: the batch being scored is written, the run exits with 75 and one
+  `stopped:` line; every row on disk is complete and --resume gives the same bytes."""
+  ckpt, faces = scoring_setup
+  part = tmp_path / "part.csv"
+  rc, err = _signal_midway(_score_cmd(ckpt, faces, part), part, signal.SIGTERM)
+  assert rc == 75, err[-2000:]
+  kept = part.read_bytes()
+  rows = kept.count(b"\n") - 1
+  stopped = [ln for ln in err.splitlines() if ln.startswith("stopped:")]
+  assert len(stopped) == 1 and "Traceback" not in err, err[-2000:]
+  assert "SIGTERM" in stopped[0] and f"first {rows:,} of its rows" in stopped[0]
+  assert 200 <= rows < 3000 and kept.endswith(b"\r\n") and full_scores.startswith(kept)
+  r = subprocess.run(_score_cmd(ckpt, faces, part, "--resume"), env=_env(),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert part.read_bytes() == full_scores
+
+
+@pytest.mark.parametrize("how", FULL_DISK)
+def test_full_disk_keeps_every_complete_row(scoring_setup, full_scores, tmp_path, how):
+  """The CSV's disk fills up (a small tmpfs, or the file-size limit): exit code 2, one error
+  line naming the file and the bytes the batch needed; the file holds whole rows only, and
+  --resume once there is room gives the uninterrupted run's bytes."""
+  ckpt, faces = scoring_setup
+  n = 400  # the first 400 inputs: their rows are the full run's first 400 (batches of 8)
+  listing = tmp_path / "list.txt"
+  listing.write_text("".join(f"{faces / f'{i:05d}.jpg'}\n" for i in range(n)))
+  want = b"".join(full_scores.splitlines(keepends=True)[:n + 1])
+  with contextlib.ExitStack() as stack:
+    if how == "tmpfs":
+      out = stack.enter_context(small_filesystem(tmp_path / "fs", 64 * 1024)) / "q.csv"
+      filler = fill(out.parent, 4096)
+      cmd = _score_cmd(ckpt, listing, out)
+    else:
+      out, filler = tmp_path / "q.csv", None
+      cmd = limit_file_size(4096, _score_cmd(ckpt, listing, out))
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert str(out) in errors[0] and "needs" in errors[0] and "bytes" in errors[0]
+    kept = out.read_bytes()
+    assert 0 < kept.count(b"\n") - 1 < n and kept.endswith(b"\r\n") and want.startswith(kept)
+    if filler is not None:
+      filler.unlink()
+    r = subprocess.run(_score_cmd(ckpt, listing, out, "--resume"), env=_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert out.read_bytes() == want
 
 
 def test_resume_cuts_a_torn_line_and_refuses_foreign_files(tmp_path):

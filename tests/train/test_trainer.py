@@ -1,5 +1,5 @@
 """The Trainer and the training loop: 8 devices = 1 device, class-sharded centres, one trace,
-bit-identical resume, clear errors, the batch augmentation."""
+bit-identical resume, clear errors, the batch augmentation (divergence: test_loop.py)."""
 
 import re
 
@@ -10,7 +10,7 @@ import pytest
 
 from crfiqa_jax import sharding
 from crfiqa_jax.train import config as config_lib, step, trainer as trainer_lib
-from crfiqa_jax.train.trainer import NonFiniteLossError, Trainer, train
+from crfiqa_jax.train.trainer import Trainer, train
 from helpers import as_numpy, batch as _batch, tiny_config as _config
 
 
@@ -94,12 +94,6 @@ def test_step_traced_once_and_resume_is_exact(tiny_records, tmp_path, monkeypatc
   jax.tree.map(np.testing.assert_array_equal, a.batch_stats, b.batch_stats)
   lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
   assert len(lines) == 6  # steps 1-3, then 4-6 after the resume
-
-
-def test_nonfinite_loss_names_the_step(tiny_records, tmp_path):
-  with pytest.raises(NonFiniteLossError, match=r"at step \d+"):
-    train(_config(data_dir=tiny_records, total_steps=20, lr=1e30, clip_norm=0.0),
-                tmp_path)
 
 
 def test_clear_errors(tiny_records, tmp_path):
