@@ -39,6 +39,7 @@ class Scorer:
 
   @classmethod
   def from_checkpoint(cls, path, arch: str | None = None, *, batch_size: int = 64,
-                      engine: str = "auto") -> "Scorer":
-    """For any model path (crfiqa_jax.serve.model_io), on `engine` (crfiqa_jax.serve.engines)."""
-    return cls(engines.load_predictor(path, arch, engine), batch_size=batch_size)
+                      engine: str = "auto", precision: str = "auto") -> "Scorer":
+    """For any model path (crfiqa_jax.serve.model_io), on `engine` in `precision`
+    (crfiqa_jax.serve.engines: "auto" is this host's fastest that keeps the ranking)."""
+    return cls(engines.load_predictor(path, arch, engine, precision), batch_size=batch_size)
