@@ -27,6 +27,7 @@ that maps the 5 points onto the template, bilinear warp.
 
 from __future__ import annotations
 
+import concurrent.futures
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -37,6 +38,7 @@ from crfiqa_jax.data import mtcnn
 from crfiqa_jax.data.codecs import decode_counted, decode_image, encode_jpeg
 
 NO_FACE = "no face found"
+DETECT_THREADS = 4  # photos detected at once (the nets run one thread each)
 RULES = ("center", "largest")
 
 # ArcFace 112×112 template: left eye, right eye, nose, left and right mouth corners.
@@ -161,8 +163,8 @@ class FaceRows:
   One row per photo (named by its path; detection runs inside `load`, so a thread pool of
   loaders detects in parallel), or with all_faces one row per face, `<path>#<k>` (k ranks
   the photo's faces by confidence): the photos are then detected once up front to know the
-  rows, keeping only the landmarks, and `load` aligns from them. With save_dir, each crop
-  is also written there (see save_crop).
+  rows (by DETECT_THREADS threads), keeping only the landmarks, and `load` aligns from them.
+  With save_dir, each crop is also written there (see save_crop).
   """
 
   def __init__(self, paths: Sequence[str], *, rule: str = "center", all_faces: bool = False,
@@ -174,17 +176,22 @@ class FaceRows:
     self.rule, self.size, self.save_dir, self.root = rule, size, save_dir, root
     # Each row: (name, photo path, landmarks [5, 2] or None, reason or None).
     self.rows: list[tuple] = []
-    for path in map(str, paths):
-      if not all_faces:
-        self.rows.append((path, path, None, None))
-        continue
-      try:
-        _, marks = self._detect(path)
-      except NoFace as e:
-        self.rows.append((path, path, None, str(e)))
-        continue
-      self.rows += [(f"{path}#{k}", path, m, None) for k, m in enumerate(marks)]
+    paths = [str(p) for p in paths]
+    if not all_faces:
+      self.rows = [(path, path, None, None) for path in paths]
+    else:
+      with concurrent.futures.ThreadPoolExecutor(DETECT_THREADS) as pool:
+        for path, (marks, why) in zip(paths, pool.map(self._marks_or_reason, paths)):
+          self.rows += ([(path, path, None, why)] if marks is None else
+                        [(f"{path}#{k}", path, m, None) for k, m in enumerate(marks)])
     self.names = [r[0] for r in self.rows]
+
+  def _marks_or_reason(self, path: str):
+    """(every face's landmarks [F, 5, 2], None) or (None, why there is no row to score)."""
+    try:
+      return self._detect(path)[1], None
+    except NoFace as e:
+      return None, str(e)
 
   def __len__(self) -> int:
     return len(self.rows)

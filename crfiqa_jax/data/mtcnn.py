@@ -58,6 +58,10 @@ class _Nets:
                 "NUM_STREAMS": 1}
       self.compiled = {n: core.compile_model(core.read_model(b), "CPU", config)
                        for n, b in files.items()}
+      # One call per net here, before threads share them: the bindings' first call sets up
+      # state that concurrent first calls from several threads deadlock on.
+      for name, side in (("pnet", 12), ("rnet", 24), ("onet", 48)):
+        self.run(name, np.zeros((1, side, side, 3), np.float32))
       return
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
