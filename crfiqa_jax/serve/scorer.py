@@ -41,5 +41,6 @@ class Scorer:
   def from_checkpoint(cls, path, arch: str | None = None, *, batch_size: int = 64,
                       engine: str = "auto", precision: str = "auto") -> "Scorer":
     """For any model path (crfiqa_jax.serve.model_io), on `engine` in `precision`
-    (crfiqa_jax.serve.engines: "auto" is this host's fastest that keeps the ranking)."""
+    (crfiqa_jax.serve.engines: "auto" is this host's fastest that keeps the ranking of the
+    quality; use precision="fp32" where `embed`'s features serve for face recognition)."""
     return cls(engines.load_predictor(path, arch, engine, precision), batch_size=batch_size)
