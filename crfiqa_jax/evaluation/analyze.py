@@ -110,7 +110,7 @@ def _impostor(rng, k, labels):
 
 
 def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 256,
-            split: str = "train", engine: str = "auto") -> dict:
+            split: str = "train", engine: str = "auto", precision: str = "auto") -> dict:
   """Streams `data` through the model once; keeps per-image CCS/NNCCS/CR and only the
   embeddings of images in the sampled pairs (memory independent of the set's size)."""
   model, variables, centres, cfg = load_workdir(workdir)
@@ -127,7 +127,8 @@ def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 25
   ccs, nnccs, cr = (np.full(len(labels), np.nan) for _ in range(3))
   predictor = engines.make_predictor(
       model, variables, {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
-                         "image_size": cfg["image_size"]}, engine=engine, source=workdir)
+                         "image_size": cfg["image_size"]}, engine=engine, precision=precision,
+      features=True, source=workdir)
   source = records_source(data, split)
   for bt in inference.stream(predictor, source, batch_size=batch_size, desc="analyze"):
     if not len(bt.indices):
@@ -201,7 +202,8 @@ def main(argv=None) -> int:
 
   def body():
     r = analyze(args.checkpoint, args.data, args.out or Path(args.checkpoint) / "analysis",
-                pairs=args.pairs, batch_size=args.batch_size, engine=args.engine)
+                pairs=args.pairs, batch_size=args.batch_size, engine=args.engine,
+                precision=args.precision)
     print(json.dumps(r, indent=1))
 
   return cli.run(body)

@@ -63,15 +63,16 @@ def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_
                fmrs=tuple(FMRS), modes=erc.MODES, arch: str | None = None,
                discard_limit: float | None = None, batch_size: int = 64,
                pair_quality: str = "min", standard_fmrs=STANDARD_FMRS,
-               engine: str = "auto") -> dict:
+               engine: str = "auto", precision: str = "auto") -> dict:
   """Evaluates every quality source with every FR source on every benchmark; writes into
   `out_dir` results.json with both tables of the pair report ("erc" = released, "standard"
   = fiqat's EDC), auc_table.csv (released AUCs), pauc_table.csv (standard pAUC@0.2, raw and
   minus the theoretical best) and a PNG per benchmark × FR × FMR × mode (released) and per
-  benchmark × FR × FMR (standard). Models run on `engine` (crfiqa_jax.engines)."""
+  benchmark × FR × FMR (standard). Models run on `engine` in `precision`
+  (crfiqa_jax.serve.engines)."""
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  models = _Models(arch, batch_size, engine)
+  models = _Models(arch, batch_size, engine, precision)
   with_random = any(_spec(q)[1] == "random" for q in qualities)
   results: dict = {}
   for spec in benchmarks:
@@ -96,15 +97,19 @@ def run_report(benchmarks: list[str], qualities: list[str], frs: list[str], out_
 class _Models:
   """Model sources, each loaded once, streamed over a benchmark's images."""
 
-  def __init__(self, arch: str | None, batch_size: int, engine: str = "auto"):
+  def __init__(self, arch: str | None, batch_size: int, engine: str = "auto",
+               precision: str = "auto"):
     self.arch, self.batch_size, self.engine, self.predictors = arch, batch_size, engine, {}
+    self.precision = precision
 
   def run(self, src: str, bench, features: str):
     """(features, quality) of the benchmark's images with the model at `src`."""
-    if src not in self.predictors:
-      self.predictors[src] = engines.load_predictor(src, self.arch, self.engine)
+    key = (src, features != "none")  # FR features: float32 under auto (engines.choose)
+    if key not in self.predictors:
+      self.predictors[key] = engines.load_predictor(src, self.arch, self.engine,
+                                                     self.precision, features=key[1])
     feats, q, failures = inference.extract(
-        self.predictors[src], bench.source, features=features, batch_size=self.batch_size,
+        self.predictors[key], bench.source, features=features, batch_size=self.batch_size,
         dtype=np.float32, desc=f"{bench.name} × {Path(src).name}")
     for i, why in sorted(failures.items())[:20]:
       log.warning("%s: %s: %s (its pairs are left out)", bench.name, bench.keys[i], why)
@@ -276,7 +281,8 @@ def main(argv=None) -> int:
       raise ValueError(f"--{', --'.join(missing)} required (only --discard runs without)")
     run_report(args.benchmark, args.quality, args.fr, Path(args.out), fmrs=fmrs,
                modes=args.modes.split(","), arch=args.arch, discard_limit=args.discard_limit,
-               pair_quality=args.pair_quality, engine=args.engine)
+               pair_quality=args.pair_quality, engine=args.engine,
+               precision=args.precision)
     print(f"wrote {args.out}/results.json, auc_table.csv, pauc_table.csv and plots",
           file=sys.stderr)
     if args.report:

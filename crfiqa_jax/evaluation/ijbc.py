@@ -156,7 +156,8 @@ def run(args) -> int:
     feats = np.stack([emb[bm.canonical(n)] for n in names])
   else:
     # Raw emb(img) + raw emb(flip), as the released eval_ijbc_qs.py (not normalised halves).
-    feats, _, failures = inference.extract(engines.load_predictor(args.fr, args.arch),
+    feats, _, failures = inference.extract(engines.load_predictor(args.fr, args.arch,
+                                                                 features=True),
                                            source, features="sum",
                                            batch_size=args.batch_size, desc="IJB-C FR")
     if failures:

@@ -1,14 +1,38 @@
-"""Which engine runs a model's forward for scoring, and loading a predictor for any model path.
+"""Which engine and precision run a model's forward for scoring, and loading a predictor
+for any model path.
 
-`score`, `evaluate`, `analyze` and the photo path (`score --detect`) take `--engine`:
+`score`, `evaluate`, `analyze`, the photo path (`score --detect`) and
+`Scorer.from_checkpoint` take an engine and a precision:
 
-* `jax` — the Flax model on the JAX backend's devices (`inference.FlaxPredictor`);
+* `jax` — the Flax model on the JAX backend's devices (`inference.FlaxPredictor`), in
+  float32 or with bfloat16 computation (the model's `dtype`);
 * `onnxruntime` — the same weights exported to ONNX (crfiqa_jax.serve.onnx_graph) and run
-  by onnxruntime's CPU kernels (`onnx_predictor.OnnxPredictor`), with a session tuned by
-  `session_options`;
-* `auto` (the default) — onnxruntime when JAX's backend is the CPU and the model is an
-  iResNet of the released widths (64-512 channels); JAX otherwise (GPU and TPU hosts, and
-  narrow nets such as the demo's, which XLA:CPU's fused program runs faster).
+  by onnxruntime's CPU kernels (`onnx_predictor.OnnxPredictor`), float32, with a session
+  tuned by `session_options`;
+* `openvino` — that ONNX file compiled by OpenVINO's CPU plugin (extra [openvino];
+  `openvino_predictor.OpenVinoPredictor`), float32, or bfloat16 on CPUs with bfloat16
+  matrix units.
+
+`auto` is a rule on this host, with no timing at start-up (so every run picks the same
+program): on the CPU backend, for an iResNet (exportable to ONNX),
+
+1. a CPU with bfloat16 units (flag `amx_bf16` or `avx512_bf16` in /proc/cpuinfo, the
+   `cpu_flags` of this module) and OpenVINO installed: openvino in bf16;
+2. otherwise, the released widths (64-512 channels): onnxruntime in float32;
+3. otherwise (narrow nets such as the demo's, which XLA:CPU's fused program runs faster than
+   onnxruntime): jax in float32.
+
+Where the model's embeddings serve as face recognition features (evaluate's --fr, analyze,
+IJB-C: `features=True`), `auto` precision is float32 and the rule goes on from 2: bfloat16
+keeps the ranking of the quality scores, but moves the model's own similarity scores enough
+to change an ERC table computed from them at its printed precision (docs/engines.md).
+
+GPU and TPU backends, and models that are not iResNets, run on jax in float32. A precision
+given alone picks the fastest engine that has it (bf16: openvino where rule 1 holds, else
+jax); an engine given alone takes its fastest precision here (openvino: bf16 where the CPU
+has bfloat16 units, else fp32). Combinations this host does not offer (onnxruntime in
+bf16, bf16 on openvino without bfloat16 units, int8, which no engine offers because it does
+not keep the ranking) are refused with a one-line error. `offered` lists what the host runs.
 
 The ONNX file is exported once per set of weights and cached (`onnx_file`): beside the
 model when its folder is writable, else in `cache_dir()`. Its name holds `weights_key`, a
@@ -16,54 +40,154 @@ hash of every variable's path, dtype, shape and bytes, the architecture and the 
 crfiqa_jax/serve/onnx_graph.py and crfiqa_jax/models/iresnet.py, so changed weights (a new
 checkpoint step, a re-converted .pth) or a changed exporter get a new file, never a stale
 one. A new export is checked against the JAX model on random inputs (max relative
-difference ≤ onnx_graph.TOLERANCE) before it is used.
+difference ≤ onnx_graph.TOLERANCE) before it is used. OpenVINO keeps its compiled models in
+an `openvino/` folder beside the ONNX file (or under `cache_dir()`).
 
 `load_predictor(path)` runs any model path crfiqa_jax.serve.model_io knows: an .onnx file
-directly in onnxruntime, every other kind on the chosen engine.
+on onnxruntime or openvino, every other kind on the chosen engine.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import tempfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import onnxruntime as ort
 
-from crfiqa_jax import faults, models
+from crfiqa_jax import cli, faults, models
 from crfiqa_jax.serve import inference, model_io, onnx_graph
 from crfiqa_jax.serve.onnx_predictor import OnnxPredictor
+from crfiqa_jax.serve.openvino_predictor import OpenVinoPredictor
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "jax", "onnxruntime")
+ENGINES = ("auto", "jax", "onnxruntime", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of bfloat16 matrix units
 FORMAT = "1"  # part of every cache key, with the exporter's and the models' source
 
 
 def add_argument(parser) -> None:
-  """`--engine` on a command line (score, evaluate, analyze)."""
+  """`--engine` and `--precision` on a command line (score, evaluate, analyze)."""
   parser.add_argument("--engine", default="auto", choices=ENGINES,
-                      help="model forward: auto (onnxruntime on a CPU host for the released "
-                           "widths, else JAX), jax or onnxruntime")
+                      help="model forward: auto (this host's fastest that keeps the ranking: "
+                           "see --precision), jax, onnxruntime or openvino ([openvino] extra)")
+  parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                      help="auto: bf16 on openvino where the CPU has AMX or AVX512-BF16 and "
+                           "the extra is installed (fp32 for a model's FR features), else fp32 "
+                           "(onnxruntime for the released widths, JAX for narrow nets); bf16 "
+                           "also runs on jax; int8 is refused (it does not keep the ranking)")
 
 
-def choose(engine: str, model=None) -> str:
-  """The engine `engine` resolves to on this host for `model` ("jax" or an onnxruntime one)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+  """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+  try:
+    return parse_flags(Path("/proc/cpuinfo").read_text())
+  except OSError:
+    return frozenset()
+
+
+def parse_flags(cpuinfo: str) -> frozenset[str]:
+  """The words of the first `flags` line of a /proc/cpuinfo text."""
+  for line in cpuinfo.splitlines():
+    if line.startswith("flags"):
+      return frozenset(line.partition(":")[2].split())
+  return frozenset()
+
+
+def bf16_cpu() -> bool:
+  """The CPU has bfloat16 matrix units (AMX-BF16 or AVX512-BF16)."""
+  return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def have_openvino() -> bool:
+  """The [openvino] extra is installed."""
+  return importlib.util.find_spec("openvino") is not None
+
+
+def choose(engine: str = "auto", precision: str = "auto", model=None, *,
+           onnx_only: bool = False, features: bool = False) -> tuple[str, str]:
+  """(engine, precision) that `engine` and `precision` resolve to on this host for `model`
+  (None: an iResNet of the released widths); onnx_only: an ONNX file, which jax cannot run;
+  features: the embeddings serve as FR features (precision "auto" is then fp32).
+  Raises ValueError (cli.MissingExtra for a missing extra) for what the host does not offer."""
   if engine not in ENGINES:
     raise ValueError(f"--engine={engine!r}; choose one of {ENGINES}")
+  if precision not in PRECISIONS:
+    raise ValueError(f"--precision={precision!r}; choose one of {PRECISIONS}")
   exportable = model is None or _exportable(model)
-  if engine != "auto":
-    if engine != "jax" and not exportable:
-      raise ValueError(f"--engine={engine} needs an iResNet (crfiqa_jax.models.IResNet); "
-                       f"this model is a {type(model).__name__}")
-    return engine
-  if jax.default_backend() == "cpu" and exportable and _wide(model):
+  if engine not in ("auto", "jax") and not exportable:
+    raise ValueError(f"--engine={engine} needs an iResNet (crfiqa_jax.models.IResNet); "
+                     f"this model is a {type(model).__name__}")
+  if precision == "auto" and features:
+    precision = "fp32"
+  if engine == "auto":
+    engine = _auto_engine(precision, model, exportable, onnx_only)
+  if precision == "auto":
+    precision = "bf16" if engine == "openvino" and bf16_cpu() else "fp32"
+  _check(engine, precision, onnx_only)
+  return engine, precision
+
+
+def _auto_engine(precision: str, model, exportable: bool, onnx_only: bool) -> str:
+  """Rules 1-3 of the module doc (precision given: the fastest engine that has it)."""
+  cpu = jax.default_backend() == "cpu" or onnx_only
+  vino = cpu and exportable and bf16_cpu()
+  if vino and precision in ("auto", "bf16") and not have_openvino():
+    _suggest_openvino()
+  if vino and precision in ("auto", "bf16") and have_openvino():
+    return "openvino"
+  if precision == "bf16" and not onnx_only:
+    return "jax"
+  if precision == "int8":
+    return "openvino" if onnx_only or exportable else "jax"  # refused by _check
+  if cpu and exportable and (onnx_only or _wide(model)):
     return "onnxruntime"
   return "jax"
+
+
+@functools.cache
+def _suggest_openvino() -> None:
+  log.info("this CPU has bfloat16 units (AMX or AVX512-BF16): pip install "
+           "'crfiqa_jax[openvino]' scores several times faster on it (docs/engines.md)")
+
+
+def _check(engine: str, precision: str, onnx_only: bool) -> None:
+  """Refuses (engine, precision) pairs this host does not run, in one line each."""
+  if precision == "int8":
+    raise ValueError("--precision=int8 is not offered: int8 quantisation does not keep the "
+                     "ranking of quality scores (docs/engines.md); use fp32 or bf16")
+  if engine == "jax" and onnx_only:
+    raise ValueError("an ONNX file runs on onnxruntime or openvino, not --engine=jax"
+                     + (" (bf16 needs openvino)" if precision == "bf16" else ""))
+  if engine == "onnxruntime" and precision != "fp32":
+    raise ValueError(f"--engine=onnxruntime runs fp32 only; {precision} runs on openvino "
+                     "(CPUs with AMX or AVX512-BF16) or jax")
+  if engine == "openvino":
+    if not have_openvino():
+      raise cli.MissingExtra("openvino", "--engine=openvino")
+    if precision == "bf16" and not bf16_cpu():
+      raise ValueError("--precision=bf16 on openvino needs a CPU with AMX or AVX512-BF16 "
+                       f"(flags {', '.join(BF16_FLAGS)}); this one has neither: use fp32")
+
+
+def offered(model=None) -> list[tuple[str, str]]:
+  """Every (engine, precision) this host runs for `model` (None: an iResNet)."""
+  pairs = [("jax", "fp32"), ("jax", "bf16")]
+  if model is None or _exportable(model):
+    pairs.append(("onnxruntime", "fp32"))
+    if have_openvino():
+      pairs += [("openvino", "fp32")] + [("openvino", "bf16")] * bf16_cpu()
+  return pairs
 
 
 # onnxruntime wins on the released widths; on narrow nets (the demo's 8-64 channels) JAX's
@@ -138,9 +262,9 @@ def onnx_file(model, variables, info: dict, *, source=None) -> Path:
   key = weights_key(model, variables, info)
   path = cache_path(source, key)
   if path.is_file():
-    log.info("onnxruntime engine: cached %s", path)
+    log.info("ONNX export: cached %s", path)
     return path
-  log.info("onnxruntime engine: exporting the model once to %s", path)
+  log.info("ONNX export: writing the model once to %s", path)
   proto = onnx_graph.onnx_model(model, variables, info)
   tmp = path.with_name(path.name + f".check-{os.getpid()}")
   _atomic_write(tmp, proto.SerializeToString())
@@ -178,30 +302,54 @@ def session_options(threads: int | None = None):
   return o
 
 
-def make_predictor(model, variables, info: dict, *, engine: str = "auto", source=None,
+def compiled_cache(onnx_path: Path) -> Path | None:
+  """Where OpenVINO keeps the compiled forms of `onnx_path`: an `openvino/` folder beside
+  it, else under cache_dir(), else nowhere (compiled on every run)."""
+  for d in (Path(onnx_path).absolute().parent / "openvino", cache_dir() / "openvino"):
+    if _writable(d):
+      return d
+  return None
+
+
+def onnx_predictor(path, engine: str, precision: str):
+  """An ONNX file on onnxruntime or openvino, set up for this CPU."""
+  if engine == "onnxruntime":
+    return OnnxPredictor(path, options=session_options())
+  return OpenVinoPredictor(path, precision, threads=cpu_threads(),
+                           cache_dir=compiled_cache(path))
+
+
+def make_predictor(model, variables, info: dict, *, engine: str = "auto",
+                   precision: str = "auto", features: bool = False, source=None,
                    devices=None):
-  """A predictor (crfiqa_jax.inference protocol) running (model, variables) on `engine`;
-  `source`, the model's file or folder, places the ONNX cache beside it."""
-  chosen = choose(engine, model)
-  size = int(info.get("image_size", 112))
-  if chosen == "jax":
-    pred = inference.FlaxPredictor(model, variables, image_size=size, devices=devices)
-    pred.engine = chosen
-    return pred
-  variables = inference.host_local(variables)
-  path = onnx_file(model, variables, info, source=source)
-  pred = OnnxPredictor(path, options=session_options())
-  pred.engine = chosen
+  """A predictor (crfiqa_jax.inference protocol) running (model, variables) on `engine` in
+  `precision` (see `choose`; features: its embeddings serve as FR features); `source`, the
+  model's file or folder, places the ONNX cache beside it. Its attributes `engine` and
+  `precision` say what was chosen."""
+  engine, precision = choose(engine, precision, model, features=features)
+  log.info("model forward: %s, %s", engine, precision)
+  if engine == "jax":
+    net = model.clone(dtype=jnp.bfloat16) if precision == "bf16" else model
+    pred = inference.FlaxPredictor(net, variables, image_size=int(info.get("image_size", 112)),
+                                   devices=devices)
+  else:
+    path = onnx_file(model, inference.host_local(variables), info, source=source)
+    pred = onnx_predictor(path, engine, precision)
+  pred.engine, pred.precision = engine, precision
   return pred
 
 
-def load_predictor(path, arch: str | None = None, engine: str = "auto"):
-  """A predictor for any kind of model path: onnxruntime for .onnx, else the model on
-  `engine` (see `choose`); a released model's name runs its converted directory."""
+def load_predictor(path, arch: str | None = None, engine: str = "auto",
+                   precision: str = "auto", *, features: bool = False):
+  """A predictor for any kind of model path: an .onnx file on onnxruntime or openvino, else
+  the model on `engine` in `precision` (see `choose`; features: the embeddings serve as FR
+  features); a released model's name runs its converted directory."""
   path = model_io.resolve(path)
   if model_io.kind_of_existing(path) == "onnx":
-    if engine == "jax":
-      raise ValueError(f"{path} is an ONNX file: it runs on onnxruntime, not --engine=jax")
-    return OnnxPredictor(path, options=session_options())
+    engine, precision = choose(engine, precision, onnx_only=True, features=features)
+    pred = onnx_predictor(path, engine, precision)
+    pred.engine, pred.precision = engine, precision
+    return pred
   model, variables, info = model_io.load_model(path, arch)
-  return make_predictor(model, variables, info, engine=engine, source=path)
+  return make_predictor(model, variables, info, engine=engine, precision=precision,
+                        features=features, source=path)

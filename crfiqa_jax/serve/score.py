@@ -192,7 +192,7 @@ def _score(args, stop: faults.StopRequest) -> int:
   if not paths:
     raise ValueError(f"no images found in {args.input}")
   cal = calibration.load(args.checkpoint) if args.calibrated else None
-  predictor = engines.load_predictor(args.checkpoint, args.arch, args.engine)
+  predictor = engines.load_predictor(args.checkpoint, args.arch, args.engine, args.precision)
   if args.detect:  # raw photos: one row per photo (or per face), aligned on the fly
     rows = faces.FaceRows(paths, rule=args.face, all_faces=args.all_faces,
                           size=predictor.image_size, save_dir=args.save_aligned,

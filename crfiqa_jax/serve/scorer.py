@@ -50,8 +50,9 @@ class Scorer:
 
   @classmethod
   def from_checkpoint(cls, path, arch: str | None = None, *, batch_size: int = 64,
-                      engine: str = "auto") -> "Scorer":
-    """For any model path (crfiqa_jax.serve.model_io) or a released model's name ("cr-fiqa-s",
-    "cr-fiqa-l"; docs/models.md), on `engine` "auto", "jax" or "onnxruntime"
-    (crfiqa_jax.serve.engines)."""
-    return cls(engines.load_predictor(path, arch, engine), batch_size=batch_size)
+                      engine: str = "auto", precision: str = "auto") -> "Scorer":
+    """For any model path (crfiqa_jax.serve.model_io) or a released model's name
+    ("cr-fiqa-s", "cr-fiqa-l"; docs/models.md), on `engine` in `precision`
+    (crfiqa_jax.serve.engines: "auto" is this host's fastest that keeps the ranking of the
+    quality; use precision="fp32" where `embed`'s features serve for face recognition)."""
+    return cls(engines.load_predictor(path, arch, engine, precision), batch_size=batch_size)

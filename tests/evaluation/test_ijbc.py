@@ -141,7 +141,7 @@ def test_cli_sums_raw_embeddings_of_image_and_flip(tmp_path, monkeypatch):
     return None, QUAL.astype(np.float32), {}
 
   monkeypatch.setattr(inference, "extract", fake_extract)
-  monkeypatch.setattr(engines, "load_predictor", lambda path, arch=None: object())
+  monkeypatch.setattr(engines, "load_predictor", lambda path, arch=None, **kw: object())
   monkeypatch.setattr(ijbc, "aligned_source", lambda root, names: names)
   meta = tmp_path / "meta"
   meta.mkdir()

@@ -1,28 +1,38 @@
-"""The scoring engines (crfiqa_jax.engines): onnxruntime equals JAX, its ONNX cache is keyed
-by the weights, and the streaming guarantees (order, failures, resume, process slices)
-hold on both engines, and a cache write refused for space is one error line."""
+"""The scoring engines (crfiqa_jax.serve.engines): the host rule of `auto` on faked CPU
+flags, every engine and precision this host offers keeps the ranking of fp32 JAX, the
+float32 engines equal JAX, the ONNX cache is keyed by the weights, and the streaming
+guarantees (order, failures, resume, process slices) hold on every engine and precision;
+a cache write refused for space is one error line."""
 
 import contextlib
 import csv
+import importlib.util
 import shutil
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 
-from crfiqa_jax import models
-from crfiqa_jax.data import sources
+from crfiqa_jax import cli, models
+from crfiqa_jax.data import codecs, sources, synthetic
 from crfiqa_jax.serve import engines
 from crfiqa_jax.serve import export
 from crfiqa_jax.serve import inference
 from crfiqa_jax.serve import model_io
 from crfiqa_jax.serve import score
 from crfiqa_jax.serve import scorer
-from helpers import FULL_DISK, fill, file_size_limit, random_variables, small_filesystem
+from helpers import (FULL_DISK, fill, file_size_limit, jax_reference, random_variables,
+                     small_filesystem)
 
 
 SIZE = 32
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(not HAVE_OPENVINO,
+                                    reason="needs the [openvino] extra (openvino)")
+PAIRS = [("jax", "fp32"), ("jax", "bf16"), ("onnxruntime", "fp32"), ("openvino", "fp32"),
+         ("openvino", "bf16")]
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +59,118 @@ def reference(model, variables, imgs):
   return np.asarray(emb), np.asarray(q)
 
 
-def test_auto_is_onnxruntime_on_cpu_and_bad_choices_are_refused(setup):
-  model = setup[0]
-  assert jax.default_backend() == "cpu"
-  # The released widths go to onnxruntime; the narrow tiny net stays on JAX (faster there).
-  assert engines.choose("auto", models.create_model("iresnet50")) == "onnxruntime"
-  assert engines.choose("auto", model) == "jax"
-  assert engines.choose("jax", model) == "jax"
-  with pytest.raises(ValueError, match="choose one of"):
-    engines.choose("tensorrt", model)
+def _fake_host(monkeypatch, flags, openvino=True, backend="cpu"):
+  monkeypatch.setattr(engines, "cpu_flags", lambda: frozenset(flags))
+  monkeypatch.setattr(engines, "have_openvino", lambda: openvino)
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+  text = "processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 avx512_bf16\nbogomips\t: 1\n"
+  assert engines.parse_flags(text) == {"fpu", "avx2", "amx_bf16", "avx512_bf16"}
+  assert engines.parse_flags("processor : 0\n") == frozenset()
+  assert engines.cpu_flags() == engines.parse_flags(open("/proc/cpuinfo").read())
+
+
+def test_auto_rule_without_bfloat16_units_is_the_float32_choice(monkeypatch):
+  r50, tiny = models.create_model("iresnet50"), models.create_model("iresnet_tiny")
+  _fake_host(monkeypatch, {"avx2", "fma", "avx512f", "avx512_vnni"})
+  assert engines.choose("auto", "auto", r50) == ("onnxruntime", "fp32")
+  assert engines.choose("auto", "auto", tiny) == ("jax", "fp32")  # XLA wins on narrow nets
+  assert engines.choose("openvino", "auto", r50) == ("openvino", "fp32")
+  assert engines.choose("auto", "bf16", r50) == ("jax", "bf16")
+  assert engines.choose("auto", "auto", onnx_only=True) == ("onnxruntime", "fp32")
+  with pytest.raises(ValueError, match="needs a CPU with AMX or AVX512-BF16"):
+    engines.choose("openvino", "bf16", r50)
+  assert ("openvino", "bf16") not in engines.offered(r50)
+
+
+@pytest.mark.parametrize("flag", ["amx_bf16", "avx512_bf16"])
+def test_auto_rule_with_bfloat16_units_is_openvino_bf16(monkeypatch, flag):
+  r50, tiny = models.create_model("iresnet50"), models.create_model("iresnet_tiny")
+  _fake_host(monkeypatch, {"avx2", flag})
+  for model in (r50, tiny, None):
+    assert engines.choose("auto", "auto", model) == ("openvino", "bf16")
+  assert engines.choose("auto", "fp32", r50) == ("onnxruntime", "fp32")
+  assert engines.choose("openvino", "auto", tiny) == ("openvino", "bf16")
+  assert engines.choose("jax", "auto", tiny) == ("jax", "fp32")
+  assert engines.choose("auto", "auto", onnx_only=True) == ("openvino", "bf16")
+  assert engines.offered(r50)[-1] == ("openvino", "bf16")
+  # The model's embeddings as FR features: float32 unless bf16 is asked for.
+  assert engines.choose("auto", "auto", r50, features=True) == ("onnxruntime", "fp32")
+  assert engines.choose("auto", "auto", tiny, features=True) == ("jax", "fp32")
+  assert engines.choose("openvino", "auto", tiny, features=True) == ("openvino", "fp32")
+  assert engines.choose("auto", "bf16", tiny, features=True) == ("openvino", "bf16")
+  with pytest.raises(ValueError, match="onnxruntime runs fp32 only"):
+    engines.choose("onnxruntime", "bf16", r50)
+  with pytest.raises(ValueError, match="int8 is not offered"):
+    engines.choose("auto", "int8", r50)
+  with pytest.raises(ValueError, match="not --engine=jax"):
+    engines.choose("jax", "auto", onnx_only=True)
+  # Without the extra: today's float32 choice, and a clear error when openvino is asked for.
+  monkeypatch.setattr(engines, "have_openvino", lambda: False)
+  assert engines.choose("auto", "auto", r50) == ("onnxruntime", "fp32")
+  assert engines.choose("auto", "auto", tiny) == ("jax", "fp32")
+  assert engines.choose("auto", "bf16", tiny) == ("jax", "bf16")
+  with pytest.raises(cli.MissingExtra, match=r"crfiqa_jax\[openvino\]"):
+    engines.choose("openvino", "auto", r50)
+  # GPU and TPU hosts keep JAX; other models than iResNets too.
+  _fake_host(monkeypatch, {flag}, backend="gpu")
+  assert engines.choose("auto", "auto", r50) == ("jax", "fp32")
+  _fake_host(monkeypatch, {flag})
+  assert engines.choose("auto", "auto", object()) == ("jax", "fp32")
   with pytest.raises(ValueError, match="needs an iResNet"):
-    engines.choose("onnxruntime", object())
-  assert engines.choose("auto", object()) == "jax"  # not exportable: JAX, silently
+    engines.choose("openvino", "auto", object())
+  with pytest.raises(ValueError, match="choose one of"):
+    engines.choose("tensorrt")
+
+
+@needs_openvino
+def test_the_host_rule_agrees_with_openvino():
+  from crfiqa_jax.serve import openvino_predictor
+  assert engines.bf16_cpu() == openvino_predictor.bf16_supported()
+
+
+def _fitted(model, variables, images):
+  """variables with BatchNorm statistics of `images` (eval mode then normalises them as
+  training mode would), so the random net's features vary across faces as a trained one's
+  do: one training-mode pass from zero statistics, divided by (1 − momentum)."""
+  zero = jax.tree.map(np.zeros_like, variables["batch_stats"])
+  _, new = model.clone(dropout=0.0).apply(
+      {"params": variables["params"], "batch_stats": zero}, models.normalize(images),
+      train=True, mutable=["batch_stats"])
+  scale = 1.0 / (1.0 - models.iresnet.BN_MOMENTUM)
+  return {"params": variables["params"],
+          "batch_stats": jax.tree.map(lambda s: np.asarray(s) * scale, new["batch_stats"])}
+
+
+def _faces(n, seed, size=64):
+  return np.stack([codecs.decode_image(s["image"])
+                   for s in synthetic.samples(n // 4, 4, seed=seed, size=size)])
+
+
+def test_every_offered_engine_and_precision_keeps_the_ranking(tmp_path):
+  """Quality Spearman and embedding cosine ≥ 0.999 against fp32 JAX on 256 synthetic faces
+  of every severity, for each (engine, precision) this host offers; float32 within 1e-4."""
+  model = models.create_model("iresnet_tiny", embedding_dim=32)
+  variables = _fitted(model, random_variables(model, 64, 0), _faces(64, seed=8))
+  faces = _faces(256, seed=9)
+  emb_ref, q_ref = jax_reference(model, variables, faces)
+  info = {"arch": "iresnet_tiny", "embedding_dim": 32, "image_size": 64}
+  offered = engines.offered(model)
+  assert ("jax", "bf16") in offered and ("onnxruntime", "fp32") in offered
+  for engine, precision in offered:
+    pred = engines.make_predictor(model, variables, info, engine=engine,
+                                  precision=precision, source=tmp_path)
+    assert (pred.engine, pred.precision) == (engine, precision)
+    emb, q = scorer.Scorer(pred, batch_size=64).embed(faces, features="raw")
+    cos = (emb * emb_ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(emb_ref, axis=1)
+    assert stats.spearmanr(q, q_ref)[0] >= 0.999, (engine, precision)
+    assert cos.min() >= 0.999, (engine, precision)
+    if precision == "fp32":
+      assert np.abs(q - q_ref).max() / np.abs(q_ref).max() < 1e-4, engine
+    else:  # bfloat16 really ran: not the float32 numbers
+      assert np.abs(q - q_ref).max() / np.abs(q_ref).max() > 1e-4, engine
 
 
 def test_onnxruntime_equals_jax_within_1e4(setup):
@@ -123,17 +233,26 @@ def _rows(path):
     return list(csv.reader(f))
 
 
-@pytest.mark.parametrize("engine", ["jax", "onnxruntime"])
-def test_order_failures_resume_and_slices_hold(setup, tmp_path, engine):
+@pytest.mark.parametrize("engine,precision", PAIRS)
+def test_order_failures_resume_and_slices_hold(setup, tmp_path, engine, precision):
   model, variables, ckpt, faces, imgs = setup
-  pred = engines.load_predictor(ckpt, engine=engine)
+  if engine == "openvino" and not HAVE_OPENVINO:
+    pytest.skip("needs the [openvino] extra (openvino)")
+  if (engine, precision) not in engines.offered(model):  # bf16 without bfloat16 units
+    with pytest.raises(ValueError, match="needs a CPU with AMX or AVX512-BF16"):
+      engines.load_predictor(ckpt, engine=engine, precision=precision)
+    return
+  pred = engines.load_predictor(ckpt, engine=engine, precision=precision)
+  assert (pred.engine, pred.precision) == (engine, precision)
   full = tmp_path / "full.csv"
   names, failures = _score(pred, faces, full)
   rows = _rows(full)
   assert [r[0] for r in rows[1:]] == names and names[6].endswith("005b.jpg")
   assert list(failures) == [6] and rows[7][1] == ""
   q = np.array([float(r[1]) for r in rows[1:] if r[1]])
-  np.testing.assert_allclose(q, reference(model, variables, imgs)[1], rtol=1e-4, atol=1e-5)
+  q_ref = reference(model, variables, imgs)[1]
+  tol = 1e-4 if precision == "fp32" else 0.05  # bfloat16: 8 bits of mantissa
+  np.testing.assert_allclose(q, q_ref, rtol=0, atol=tol * np.abs(q_ref).max())
 
   # Killed after 5 rows, mid-line: --resume completes it to the uninterrupted file.
   part = tmp_path / "part.csv"
@@ -149,21 +268,31 @@ def test_order_failures_resume_and_slices_hold(setup, tmp_path, engine):
   assert (tmp_path / "joined.csv").read_bytes() == full.read_bytes()
 
 
-def test_cli_engine_flag(setup, tmp_path, capsys):
+def test_cli_engine_and_precision_flags(setup, tmp_path, capsys):
   _, _, ckpt, faces, _ = setup
   out = {}
-  for engine in ("jax", "onnxruntime", "auto"):
+  pairs = [("jax", "fp32"), ("onnxruntime", "auto"), ("auto", "fp32"), ("jax", "bf16")]
+  for engine, precision in pairs:
     rc = score.main([f"--checkpoint={ckpt}", f"--input={faces}", f"--engine={engine}",
-                     f"--output={tmp_path / engine}.csv"])
+                     f"--precision={precision}", f"--output={tmp_path / engine}{precision}.csv"])
     assert rc == 1  # the broken file
-    out[engine] = np.array([float(r[1]) if r[1] else np.nan
-                            for r in _rows(tmp_path / f"{engine}.csv")[1:]])
-  np.testing.assert_allclose(out["onnxruntime"], out["jax"], rtol=1e-4, atol=1e-5)
-  np.testing.assert_array_equal(out["auto"], out["jax"])  # the tiny net: JAX
+    out[engine, precision] = np.array([float(r[1]) if r[1] else np.nan for r in
+                                       _rows(tmp_path / f"{engine}{precision}.csv")[1:]])
+  jax32 = out["jax", "fp32"]
+  np.testing.assert_allclose(out["onnxruntime", "auto"], jax32, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(out["auto", "fp32"], jax32)  # the tiny net in fp32: JAX
+  ok = np.isfinite(jax32)
+  assert 1e-5 < np.abs(out["jax", "bf16"] - jax32)[ok].max() < 0.05 * np.abs(jax32[ok]).max()
   onnx_path = next((ckpt / "onnx").glob("*.onnx"))
-  rc = score.main([f"--checkpoint={onnx_path}", f"--input={faces}", "--engine=jax",
-                   f"--output={tmp_path / 'x.csv'}"])
-  assert rc == 2 and "runs on onnxruntime" in capsys.readouterr().err
+  for args, message in [(["--engine=jax"], "runs on onnxruntime or openvino"),
+                        (["--precision=int8"], "int8 is not offered"),
+                        (["--engine=onnxruntime", "--precision=bf16"], "runs fp32 only")]:
+    rc = score.main([f"--checkpoint={onnx_path}", f"--input={faces}",
+                     f"--output={tmp_path / 'x.csv'}"] + args)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err, err
+  s = scorer.Scorer.from_checkpoint(ckpt, engine="jax", precision="bf16")
+  assert (s.predictor.engine, s.predictor.precision) == ("jax", "bf16")
 
 
 @pytest.mark.parametrize("how", FULL_DISK)

@@ -119,7 +119,7 @@ def test_score_cli_runs_the_onnx_file_alone(tmp_path, images, monkeypatch):
   monkeypatch.setattr(models, "create_model", no_flax)
   out = tmp_path / "q.csv"
   assert score.main([f"--checkpoint={path}", f"--input={tmp_path / 'faces'}",
-                     f"--output={out}", "--batch-size=4"]) == 0
+                     f"--output={out}", "--batch-size=4", "--precision=fp32"]) == 0
   rows = dict(line.split(",") for line in out.read_text().splitlines()[1:])
   q = np.array([float(rows[str(tmp_path / "faces" / f"{i}.png")]) for i in range(7)])
   np.testing.assert_allclose(q, q_ref, rtol=0, atol=1e-4 * np.abs(q_ref).max())

@@ -55,7 +55,7 @@ def test_cli_scores_in_order_and_reports_failures(exported, folder, tmp_path, ca
   out, model, variables = exported
   d, imgs = folder
   rc = score.main([f"--checkpoint={out}", f"--input={d}", f"--output={tmp_path / 's.csv'}",
-                   "--batch-size=2"])
+                   "--batch-size=2", "--precision=fp32"])
   rows = _read(tmp_path / "s.csv")
   assert rc == 1  # one unreadable file
   assert [r["path"] for r in rows] == [str(d / n) for n in

@@ -14,7 +14,7 @@ def exported(tiny_model):
 
 def test_python_api_on_arrays(exported):
   out, model, variables = exported
-  s = scorer.Scorer.from_checkpoint(out, batch_size=3)
+  s = scorer.Scorer.from_checkpoint(out, batch_size=3, precision="fp32")
   imgs = np.random.default_rng(1).integers(0, 255, (5, 112, 112, 3), dtype=np.uint8)
   q = s(imgs)
   _, want = model.apply(variables, (imgs.astype(np.float32) - 127.5) / 127.5, train=False)
