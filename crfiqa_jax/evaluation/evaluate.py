@@ -104,12 +104,11 @@ class _Models:
 
   def run(self, src: str, bench, features: str):
     """(features, quality) of the benchmark's images with the model at `src`."""
-    key = (src, features != "none")  # FR features: float32 under auto (engines.choose)
-    if key not in self.predictors:
-      self.predictors[key] = engines.load_predictor(src, self.arch, self.engine,
-                                                     self.precision, features=key[1])
+    if src not in self.predictors:  # ERC tables: float32 under auto (engines.choose)
+      self.predictors[src] = engines.load_predictor(src, self.arch, self.engine,
+                                                     self.precision, exact=True)
     feats, q, failures = inference.extract(
-        self.predictors[key], bench.source, features=features, batch_size=self.batch_size,
+        self.predictors[src], bench.source, features=features, batch_size=self.batch_size,
         dtype=np.float32, desc=f"{bench.name} × {Path(src).name}")
     for i, why in sorted(failures.items())[:20]:
       log.warning("%s: %s: %s (its pairs are left out)", bench.name, bench.keys[i], why)

@@ -157,7 +157,7 @@ def run(args) -> int:
   else:
     # Raw emb(img) + raw emb(flip), as the released eval_ijbc_qs.py (not normalised halves).
     feats, _, failures = inference.extract(engines.load_predictor(args.fr, args.arch,
-                                                                 features=True),
+                                                                 exact=True),
                                            source, features="sum",
                                            batch_size=args.batch_size, desc="IJB-C FR")
     if failures:
@@ -167,7 +167,8 @@ def run(args) -> int:
     qt = bm.load_quality_csv(args.quality)
     quality = np.array([qt[bm.canonical(n)] for n in names])
   else:
-    quality = inference.extract(engines.load_predictor(args.quality, args.arch), source,
+    quality = inference.extract(engines.load_predictor(args.quality, args.arch, exact=True),
+                                source,
                                 features="none", batch_size=args.batch_size,
                                 desc="IJB-C quality")[1]
   result = evaluate(feats, quality, tids, mids, pairs, labels, pair_quality=args.pair_quality)

@@ -90,7 +90,7 @@ def compare_qualities(spec: str, data_dir, split: str = "test") -> dict[str, np.
       model_io.kind_of_existing(path)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"--config.compare_quality: {e}") from None
-    predictor = engines.load_predictor(path)
+    predictor = engines.load_predictor(path, exact=True)  # a printed table: fp32 under auto
     _, out[name] = model_outputs(predictor, data_dir, split, features="none", desc=name)
   return out
 

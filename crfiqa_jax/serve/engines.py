@@ -22,10 +22,12 @@ program): on the CPU backend, for an iResNet (exportable to ONNX),
 3. otherwise (narrow nets such as the demo's, which XLA:CPU's fused program runs faster than
    onnxruntime): jax in float32.
 
-Where the model's embeddings serve as face recognition features (evaluate's --fr, analyze,
-IJB-C: `features=True`), `auto` precision is float32 and the rule goes on from 2: bfloat16
-keeps the ranking of the quality scores, but moves the model's own similarity scores enough
-to change an ERC table computed from them at its printed precision (docs/engines.md).
+Where the outputs feed an ERC table or serve as face recognition features (evaluate,
+analyze, IJB-C, the held-out report's comparison models: `exact=True`), `auto` precision is
+float32 and the rule goes on from 2: bfloat16 keeps the ranking of the quality scores
+(Spearman ≥ 0.999 on real faces), but moves ERC AUCs computed from its quality or its
+features by a few units of their fourth decimal, so every printed table is computed in
+float32 (docs/engines.md).
 
 GPU and TPU backends, and models that are not iResNets, run on jax in float32. A precision
 given alone picks the fastest engine that has it (bf16: openvino where rule 1 holds, else
@@ -82,7 +84,8 @@ def add_argument(parser) -> None:
                            "see --precision), jax, onnxruntime or openvino ([openvino] extra)")
   parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                       help="auto: bf16 on openvino where the CPU has AMX or AVX512-BF16 and "
-                           "the extra is installed (fp32 for a model's FR features), else fp32 "
+                           "the extra is installed (fp32 where ERC tables or FR features are "
+                           "computed: evaluate, analyze), else fp32 "
                            "(onnxruntime for the released widths, JAX for narrow nets); bf16 "
                            "also runs on jax; int8 is refused (it does not keep the ranking)")
 
@@ -115,10 +118,10 @@ def have_openvino() -> bool:
 
 
 def choose(engine: str = "auto", precision: str = "auto", model=None, *,
-           onnx_only: bool = False, features: bool = False) -> tuple[str, str]:
+           onnx_only: bool = False, exact: bool = False) -> tuple[str, str]:
   """(engine, precision) that `engine` and `precision` resolve to on this host for `model`
   (None: an iResNet of the released widths); onnx_only: an ONNX file, which jax cannot run;
-  features: the embeddings serve as FR features (precision "auto" is then fp32).
+  exact: the outputs feed an ERC table or FR features (precision "auto" is then fp32).
   Raises ValueError (cli.MissingExtra for a missing extra) for what the host does not offer."""
   if engine not in ENGINES:
     raise ValueError(f"--engine={engine!r}; choose one of {ENGINES}")
@@ -128,7 +131,7 @@ def choose(engine: str = "auto", precision: str = "auto", model=None, *,
   if engine not in ("auto", "jax") and not exportable:
     raise ValueError(f"--engine={engine} needs an iResNet (crfiqa_jax.models.IResNet); "
                      f"this model is a {type(model).__name__}")
-  if precision == "auto" and features:
+  if precision == "auto" and exact:
     precision = "fp32"
   if engine == "auto":
     engine = _auto_engine(precision, model, exportable, onnx_only)
@@ -320,13 +323,13 @@ def onnx_predictor(path, engine: str, precision: str):
 
 
 def make_predictor(model, variables, info: dict, *, engine: str = "auto",
-                   precision: str = "auto", features: bool = False, source=None,
+                   precision: str = "auto", exact: bool = False, source=None,
                    devices=None):
   """A predictor (crfiqa_jax.inference protocol) running (model, variables) on `engine` in
   `precision` (see `choose`; features: its embeddings serve as FR features); `source`, the
   model's file or folder, places the ONNX cache beside it. Its attributes `engine` and
   `precision` say what was chosen."""
-  engine, precision = choose(engine, precision, model, features=features)
+  engine, precision = choose(engine, precision, model, exact=exact)
   log.info("model forward: %s, %s", engine, precision)
   if engine == "jax":
     net = model.clone(dtype=jnp.bfloat16) if precision == "bf16" else model
@@ -340,16 +343,16 @@ def make_predictor(model, variables, info: dict, *, engine: str = "auto",
 
 
 def load_predictor(path, arch: str | None = None, engine: str = "auto",
-                   precision: str = "auto", *, features: bool = False):
+                   precision: str = "auto", *, exact: bool = False):
   """A predictor for any kind of model path: an .onnx file on onnxruntime or openvino, else
   the model on `engine` in `precision` (see `choose`; features: the embeddings serve as FR
   features); a released model's name runs its converted directory."""
   path = model_io.resolve(path)
   if model_io.kind_of_existing(path) == "onnx":
-    engine, precision = choose(engine, precision, onnx_only=True, features=features)
+    engine, precision = choose(engine, precision, onnx_only=True, exact=exact)
     pred = onnx_predictor(path, engine, precision)
     pred.engine, pred.precision = engine, precision
     return pred
   model, variables, info = model_io.load_model(path, arch)
   return make_predictor(model, variables, info, engine=engine, precision=precision,
-                        features=features, source=path)
+                        exact=exact, source=path)

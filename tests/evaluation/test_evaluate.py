@@ -176,7 +176,7 @@ def test_sigterm_abandons_the_report_and_a_rerun_writes_it(tiny_model, tmp_path)
   lines = []
   for line in p.stderr:  # the engine says it is loading the model: the report has begun
     lines.append(line)
-    if "onnxruntime engine" in line:
+    if "model forward: onnxruntime" in line:
       break
   p.send_signal(signal.SIGTERM)
   err = "".join(lines) + p.stderr.read()

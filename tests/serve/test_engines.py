@@ -97,10 +97,10 @@ def test_auto_rule_with_bfloat16_units_is_openvino_bf16(monkeypatch, flag):
   assert engines.choose("auto", "auto", onnx_only=True) == ("openvino", "bf16")
   assert engines.offered(r50)[-1] == ("openvino", "bf16")
   # The model's embeddings as FR features: float32 unless bf16 is asked for.
-  assert engines.choose("auto", "auto", r50, features=True) == ("onnxruntime", "fp32")
-  assert engines.choose("auto", "auto", tiny, features=True) == ("jax", "fp32")
-  assert engines.choose("openvino", "auto", tiny, features=True) == ("openvino", "fp32")
-  assert engines.choose("auto", "bf16", tiny, features=True) == ("openvino", "bf16")
+  assert engines.choose("auto", "auto", r50, exact=True) == ("onnxruntime", "fp32")
+  assert engines.choose("auto", "auto", tiny, exact=True) == ("jax", "fp32")
+  assert engines.choose("openvino", "auto", tiny, exact=True) == ("openvino", "fp32")
+  assert engines.choose("auto", "bf16", tiny, exact=True) == ("openvino", "bf16")
   with pytest.raises(ValueError, match="onnxruntime runs fp32 only"):
     engines.choose("onnxruntime", "bf16", r50)
   with pytest.raises(ValueError, match="int8 is not offered"):
