@@ -9,7 +9,8 @@ model's ONNX file, each against float32 JAX on real faces.
 * onnxruntime: a static QDQ quantisation (`quantize`: weights int8 per output channel,
   activations uint8 from min/max calibration).
 
-Both are calibrated on faces of other people (--calibration-split). The figures are those
+Both are calibrated on faces of other people (--calibration-split). The OpenVINO one needs
+NNCF (`pip install nncf`; 3.4 measured), which nothing else here uses. The figures are those
 of benchmarks/ranking.py (Spearman, embedding cosine, the held-out ERC table, against
 jax/fp32); an engine serves scores only where they keep the ranking (docs/engines.md: int8
 does not, so crfiqa_jax offers no int8 engine). benchmarks/score.py --int8 times them.

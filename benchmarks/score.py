@@ -16,8 +16,9 @@ machine for every engine and precision, side by side in one process, against PyT
                                [--batches 3] [--rounds 3] [--int8]
                                [--torch-variants fp32 fp32_cl bf16_cl compile_bf16_cl]
 
-The rows are timed in turns (--rounds times each, the best round kept) so that a machine
-whose load changes during the run still compares them fairly. Ratios are against the
+The rows are timed in turns (--rounds times each, the best round kept, each round after one
+untimed batch) so that a machine whose load changes during the run still compares them
+fairly. Ratios are against the
 fastest PyTorch variant. Weights are random with non-trivial BatchNorm statistics (speed
 does not depend on them).
 """
@@ -39,6 +40,10 @@ TORCH_VARIANTS = {"fp32": "PyTorch fp32 NCHW", "fp32_cl": "PyTorch fp32 channels
 
 
 def _rate(fn, n_images: int, batches: int) -> float:
+  """images/s over `batches` calls of fn, after one untimed call: the row before may have
+  left the matrix units idle (AMX powers down when unused, and its first work is slower),
+  so every row is timed warm."""
+  fn()
   t = time.perf_counter()
   for _ in range(batches):
     fn()
@@ -53,9 +58,8 @@ def _int8(model, variables, info, cache, size):
   from crfiqa_jax.serve.openvino_predictor import OpenVinoPredictor
   fp32 = engines.onnx_file(model, variables, info, source=cache)
   calib = np.random.default_rng(1).integers(0, 256, (64, size, size, 3), dtype=np.uint8)
-  path = cache / "int8.onnx"
-  int8.quantize_openvino(fp32, calib, path)
-  return OpenVinoPredictor(path, "int8", threads=engines.cpu_threads())
+  xml = int8.quantize_openvino(fp32, calib, cache / "int8")
+  return OpenVinoPredictor(xml, "int8", threads=engines.cpu_threads())
 
 
 def _torch_runs(arch, variants, batch, size, imgs):

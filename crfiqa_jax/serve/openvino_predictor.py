@@ -1,12 +1,12 @@
-"""Runs an ONNX file with OpenVINO's CPU plugin (extra [openvino]) through
-crfiqa_jax.serve.inference's predictor protocol: uint8 RGB images [B, H, W, 3] in,
+"""Runs an ONNX file (or an OpenVINO IR .xml) with OpenVINO's CPU plugin (extra [openvino])
+through crfiqa_jax.serve.inference's predictor protocol: uint8 RGB images [B, H, W, 3] in,
 (embedding [B, D], quality [B]) out, normalisation and layout inside.
 
 Precision ("fp32", "bf16", "int8") is OpenVINO's inference precision hint: "bf16" runs
 convolutions and matrix products in bfloat16 (accumulating in float32) on CPUs with AMX or
-AVX512-BF16, "fp32" keeps float32 everywhere. An int8 file (quantised by
-crfiqa_jax.serve.int8 or benchmarks/int8.py) runs its quantised layers in int8 and the rest
-in float32. One stream of `threads` threads runs one request at a time (the chain of an
+AVX512-BF16, "fp32" keeps float32 everywhere. An int8 file (quantised by benchmarks/int8.py,
+which measures why no engine offers int8) runs its quantised layers in int8 and the rest in
+float32. One stream of `threads` threads runs one request at a time (the chain of an
 iResNet gains nothing from more streams on a few cores); compiled models are kept in
 `cache_dir` so a later process skips the compilation.
 
@@ -48,7 +48,7 @@ class OpenVinoPredictor:
     if precision not in PRECISIONS:
       raise ValueError(f"precision {precision!r}; choose one of {PRECISIONS}")
     if not Path(path).is_file():
-      raise FileNotFoundError(f"no ONNX file at {path}")
+      raise FileNotFoundError(f"no model file at {path}")
     config = {"INFERENCE_PRECISION_HINT": _HINT[precision], "NUM_STREAMS": 1,
               "INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY"}
     if cache_dir is not None:
