@@ -54,22 +54,33 @@ class OnnxPredictor:
 
   def _run(self, x):
     n = len(x)
-    if self.batch is not None and n != self.batch:
-      x = np.concatenate([x, np.zeros((self.batch - n, *x.shape[1:]), x.dtype)])
+    x = pad_to(x, self.batch)
     out = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
     emb = out["embedding"][:n] if "embedding" in out else np.zeros((n, 0), np.float32)
     return emb, out["quality"][:n]
 
   def __call__(self, images: np.ndarray):
-    images = np.asarray(images)
-    s = self.image_size
-    if images.dtype != np.uint8 or images.shape[1:] != (s, s, 3):
-      raise ValueError(f"expected uint8 RGB images [B, {s}, {s}, 3], got {images.dtype} "
-                       f"{images.shape}")
-    x = models.normalize(images)
-    if self.nchw:
-      x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    x = file_input(images, self.image_size, self.nchw)
     step = self.batch or max(len(x), 1)
     parts = [self._run(x[i:i + step]) for i in range(0, len(x), step)] or [self._run(x)]
     return (np.concatenate([e for e, _ in parts]).astype(np.float32),
             np.concatenate([q for _, q in parts]).astype(np.float32))
+
+
+def file_input(images, image_size: int, nchw: bool) -> np.ndarray:
+  """uint8 RGB images [B, S, S, 3] → the float32 input of an exported file (normalised, NCHW
+  where the file is); ValueError for anything else."""
+  images = np.asarray(images)
+  s = image_size
+  if images.dtype != np.uint8 or images.shape[1:] != (s, s, 3):
+    raise ValueError(f"expected uint8 RGB images [B, {s}, {s}, 3], got {images.dtype} "
+                     f"{images.shape}")
+  x = models.normalize(images)
+  return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if nchw else x
+
+
+def pad_to(x: np.ndarray, batch: int | None) -> np.ndarray:
+  """x padded with zero images to a file's fixed batch (None: any batch, x as it is)."""
+  if batch is None or len(x) == batch:
+    return x
+  return np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]), x.dtype)])

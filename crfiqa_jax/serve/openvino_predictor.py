@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crfiqa_jax import cli, models
+from crfiqa_jax import cli
+from crfiqa_jax.serve.onnx_predictor import file_input, pad_to
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -87,22 +88,14 @@ class OpenVinoPredictor:
     if k in self._last:
       self._last[k].outputs()
     n = len(x)
-    if self.batch is not None and n != self.batch:
-      x = np.concatenate([x, np.zeros((self.batch - n, *x.shape[1:]), x.dtype)])
+    x = pad_to(x, self.batch)
     request = self._requests[k]
     request.start_async({0: x}, share_inputs=False)
     self._last[k] = started = _Started(request, n, self.output_names)
     return started
 
   def __call__(self, images: np.ndarray):
-    images = np.asarray(images)
-    s = self.image_size
-    if images.dtype != np.uint8 or images.shape[1:] != (s, s, 3):
-      raise ValueError(f"expected uint8 RGB images [B, {s}, {s}, 3], got {images.dtype} "
-                       f"{images.shape}")
-    x = models.normalize(images)
-    if self.nchw:
-      x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    x = file_input(images, self.image_size, self.nchw)
     if not len(x):
       return np.zeros((0, self.embedding_dim), np.float32), np.zeros(0, np.float32)
     step = self.batch or len(x)
