@@ -170,3 +170,15 @@ def test_readme_python_api_snippet_runs(tiny_model, tmp_path, monkeypatch, capsy
   np.testing.assert_allclose(ns["quality"], want(faces), rtol=1e-5, atol=1e-5)
   fp32 = scorer.Scorer.from_checkpoint(tiny_model[0], engine="jax", precision="fp32")(faces)
   np.testing.assert_allclose(ns["quality"], fp32, atol=0.02 * np.abs(fp32).max())
+
+
+def test_every_source_file_a_page_names_exists():
+  """A page that names `tests/…py`, `benchmarks/…py` or `crfiqa_jax/…py` names a file of this
+  repository (files move; the pages must move with them)."""
+  missing = []
+  for page in PAGES:
+    for path in re.findall(r"(?<![\w/])((?:tests|benchmarks|crfiqa_jax)/[\w/]+\.py)",
+                           page.read_text()):
+      if not (ROOT / path).is_file():
+        missing.append(f"{page.relative_to(ROOT)}: {path}")
+  assert not missing, missing
