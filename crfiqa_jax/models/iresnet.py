@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crfiqa_jax.models import conv as conv_lib
+from crfiqa_jax.models.conv import conv_general_dilated, conv_general_dilated_auto, use_matmul_grad
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # = PyTorch momentum 0.1
@@ -54,11 +54,11 @@ def _torch_linear_init(fan_in: int):
 
 def _conv_fn(conv_grad: str):
   """The conv_general_dilated that nn.Conv should use (None = lax's)."""
-  if not conv_lib.use_matmul_grad(conv_grad):
+  if not use_matmul_grad(conv_grad):
     return None
   if conv_grad == "auto":
-    return conv_lib.conv_general_dilated_auto
-  return conv_lib.conv_general_dilated
+    return conv_general_dilated_auto
+  return conv_general_dilated
 
 
 class PReLU(nn.Module):
