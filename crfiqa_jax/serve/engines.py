@@ -42,7 +42,9 @@ hash of every variable's path, dtype, shape and bytes, the architecture and the 
 crfiqa_jax/serve/onnx_graph.py and crfiqa_jax/models/iresnet.py, so changed weights (a new
 checkpoint step, a re-converted .pth) or a changed exporter get a new file, never a stale
 one. A new export is checked against the JAX model on random inputs (max relative
-difference ≤ onnx_graph.TOLERANCE) before it is used. OpenVINO keeps its compiled models in
+difference ≤ onnx_graph.TOLERANCE) before it is used. For an exported directory a `.files`
+note beside it, named by `files_key` (the directory's file names, sizes, times and inodes),
+lets the next runs take the ONNX file without reading the variables while those hold. OpenVINO keeps its compiled models in
 an `openvino/` folder beside the ONNX file (or under `cache_dir()`).
 
 `load_predictor(path)` runs any model path crfiqa_jax.serve.model_io knows: an .onnx file
@@ -51,6 +53,7 @@ on onnxruntime or openvino, every other kind on the chosen engine.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -283,6 +286,37 @@ def onnx_file(model, variables, info: dict, *, source=None) -> Path:
   return path
 
 
+def files_key(folder: Path) -> str:
+  """32 hex digits naming an exported directory's files as they are on disk
+  (model_io.files_fingerprint), FORMAT and the exporter's and models' source."""
+  h = hashlib.blake2b(digest_size=16)
+  for module in (onnx_graph, models.iresnet):
+    h.update(Path(module.__file__).read_bytes())
+  h.update(f"{FORMAT}|{model_io.files_fingerprint(folder, skip=('onnx', 'openvino'))}".encode())
+  return h.hexdigest()
+
+
+def _files_note(folder: Path) -> Path:  # a file naming the ONNX file made from `folder`
+  return cache_path(folder, files_key(folder)).with_suffix(".files")
+
+
+def _cached_exported(path: Path, engine: str, precision: str, exact: bool):
+  """Exported directory `path`'s predictor from the ONNX file its `.files` note names, without
+  reading the variables; None when there is none or the choice is jax."""
+  info = model_io.read_info(path)
+  model = models.create_model(info["arch"], embedding_dim=info["embedding_dim"])
+  engine, precision = choose(engine, precision, model, exact=exact)
+  note = _files_note(path)
+  onnx_path = note.parent / (note.read_text().strip() if note.is_file() else "-")
+  if engine == "jax" or not onnx_path.is_file():
+    return None
+  log.info("model forward: %s, %s", engine, precision)
+  log.info("ONNX export: cached %s (the model's files are unchanged)", onnx_path)
+  pred = onnx_predictor(onnx_path, engine, precision)
+  pred.engine, pred.precision = engine, precision
+  return pred
+
+
 def cpu_threads() -> int:
   """Cores this process may run on (the affinity mask, e.g. a container's or taskset's)."""
   try:
@@ -338,6 +372,7 @@ def make_predictor(model, variables, info: dict, *, engine: str = "auto",
   else:
     path = onnx_file(model, inference.host_local(variables), info, source=source)
     pred = onnx_predictor(path, engine, precision)
+    pred.onnx_path = path
   pred.engine, pred.precision = engine, precision
   return pred
 
@@ -353,6 +388,13 @@ def load_predictor(path, arch: str | None = None, engine: str = "auto",
     pred = onnx_predictor(path, engine, precision)
     pred.engine, pred.precision = engine, precision
     return pred
+  exported = model_io.kind_of_existing(path) == "exported"
+  if exported and (pred := _cached_exported(path, engine, precision, exact)) is not None:
+    return pred
   model, variables, info = model_io.load_model(path, arch)
-  return make_predictor(model, variables, info, engine=engine, precision=precision,
+  pred = make_predictor(model, variables, info, engine=engine, precision=precision,
                         exact=exact, source=path)
+  if exported and pred.engine != "jax":
+    with contextlib.suppress(OSError):  # only a shortcut for the next run
+      faults.write_atomic(_files_note(path), pred.onnx_path.name.encode())
+  return pred

@@ -24,6 +24,7 @@ read through it, so both fall back to the newest readable step.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -165,10 +166,29 @@ def save_exported(out_dir: str | Path, variables: dict, *, arch: str, embedding_
   return out
 
 
+def read_info(path) -> dict:
+  """The info of an exported model directory (arch, embedding_dim, image_size, source)."""
+  return json.loads((Path(path) / MODEL_FILE).read_text())
+
+
+def files_fingerprint(folder, skip: tuple[str, ...] = ()) -> str:
+  """A hash of the files under `folder` as they are on disk: each one's relative path, size,
+  modification time and inode (not its bytes); files under the top-level folders `skip`
+  are left out. Rewriting or replacing any file changes it."""
+  h = hashlib.blake2b(digest_size=16)
+  folder = Path(folder)
+  for f in sorted(folder.rglob("*")):
+    rel = f.relative_to(folder)
+    if f.is_file() and rel.parts[0] not in skip:
+      st = f.stat()
+      h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}\n".encode())
+  return h.hexdigest()
+
+
 def read_exported(path) -> tuple[dict, dict]:
   """(variables, info) of an exported model directory."""
   path = Path(path)
-  info = json.loads((path / MODEL_FILE).read_text())
+  info = read_info(path)
   try:
     with ocp.StandardCheckpointer() as ckptr:
       variables = ckptr.restore(path / VARIABLES_DIR)

