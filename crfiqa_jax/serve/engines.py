@@ -44,8 +44,8 @@ checkpoint step, a re-converted .pth) or a changed exporter get a new file, neve
 one. A new export is checked against the JAX model on random inputs (max relative
 difference ≤ onnx_graph.TOLERANCE) before it is used. For an exported directory a `.files`
 note beside it, named by `files_key` (the directory's file names, sizes, times and inodes),
-lets the next runs take the ONNX file without reading the variables while those hold. OpenVINO keeps its compiled models in
-an `openvino/` folder beside the ONNX file (or under `cache_dir()`).
+lets later runs take the ONNX file without reading the variables while those hold. OpenVINO
+keeps its compiled models in an `openvino/` folder beside the ONNX file (or `cache_dir()`).
 
 `load_predictor(path)` runs any model path crfiqa_jax.serve.model_io knows: an .onnx file
 on onnxruntime or openvino, every other kind on the chosen engine.
@@ -287,12 +287,13 @@ def onnx_file(model, variables, info: dict, *, source=None) -> Path:
 
 
 def files_key(folder: Path) -> str:
-  """32 hex digits naming an exported directory's files as they are on disk
-  (model_io.files_fingerprint), FORMAT and the exporter's and models' source."""
+  """32 hex digits naming an exported directory (its path and model_io.files_fingerprint),
+  FORMAT and the exporter's and models' source."""
   h = hashlib.blake2b(digest_size=16)
   for module in (onnx_graph, models.iresnet):
     h.update(Path(module.__file__).read_bytes())
-  h.update(f"{FORMAT}|{model_io.files_fingerprint(folder, skip=('onnx', 'openvino'))}".encode())
+  files = model_io.files_fingerprint(folder, skip=("onnx", "openvino"))
+  h.update(f"{FORMAT}|{folder.absolute()}|{files}".encode())
   return h.hexdigest()
 
 
@@ -349,11 +350,11 @@ def compiled_cache(onnx_path: Path) -> Path | None:
 
 
 def onnx_predictor(path, engine: str, precision: str):
-  """An ONNX file on onnxruntime or openvino, set up for this CPU."""
-  if engine == "onnxruntime":
-    return OnnxPredictor(path, options=session_options())
-  return OpenVinoPredictor(path, precision, threads=cpu_threads(),
-                           cache_dir=compiled_cache(path))
+  """An ONNX file on onnxruntime or openvino, set up for this CPU (`onnx_path`: the file)."""
+  pred = (OnnxPredictor(path, options=session_options()) if engine == "onnxruntime" else
+          OpenVinoPredictor(path, precision, threads=cpu_threads(), cache_dir=compiled_cache(path)))
+  pred.onnx_path = Path(path)
+  return pred
 
 
 def make_predictor(model, variables, info: dict, *, engine: str = "auto",
@@ -372,7 +373,6 @@ def make_predictor(model, variables, info: dict, *, engine: str = "auto",
   else:
     path = onnx_file(model, inference.host_local(variables), info, source=source)
     pred = onnx_predictor(path, engine, precision)
-    pred.onnx_path = path
   pred.engine, pred.precision = engine, precision
   return pred
 
