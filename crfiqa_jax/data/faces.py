@@ -86,14 +86,21 @@ def detect_faces(image: np.ndarray, *, min_face_size: int = 20, max_side: int | 
   image = np.ascontiguousarray(image)
   if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
     raise ValueError(f"expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}")
+  image, shrink = shrunk(image, max_side)
+  boxes, scores, marks = mtcnn.detect(image, min_face_size)
+  rank = np.argsort(-scores, kind="stable")
+  return boxes[rank] / shrink, scores[rank], marks[rank] / shrink
+
+
+def shrunk(image: np.ndarray, max_side: int | None = 1280) -> tuple[np.ndarray, float]:
+  """(image, factor): a photo whose longest side exceeds max_side resized (bilinear) to it,
+  and the factor (< 1) that took it there; else the photo and 1."""
   h, w = image.shape[:2]
   shrink = max_side / max(h, w) if max_side and max(h, w) > max_side else 1.0
   if shrink < 1.0:
     image = np.asarray(Image.fromarray(image).resize(
         (max(1, round(w * shrink)), max(1, round(h * shrink))), Image.BILINEAR))
-  boxes, scores, marks = mtcnn.detect(image, min_face_size)
-  rank = np.argsort(-scores, kind="stable")
-  return boxes[rank] / shrink, scores[rank], marks[rank] / shrink
+  return image, shrink
 
 
 def choose_face(boxes: np.ndarray, image_shape: tuple, rule: str = "center") -> int:
