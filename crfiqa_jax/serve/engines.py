@@ -301,21 +301,18 @@ def _files_note(folder: Path) -> Path:  # a file naming the ONNX file made from 
   return cache_path(folder, files_key(folder)).with_suffix(".files")
 
 
-def _cached_exported(path: Path, engine: str, precision: str, exact: bool):
+def _cached_exported(path: Path, note: Path, engine: str, precision: str, exact: bool):
   """Exported directory `path`'s predictor from the ONNX file its `.files` note names, without
   reading the variables; None when there is none or the choice is jax."""
   info = model_io.read_info(path)
   model = models.create_model(info["arch"], embedding_dim=info["embedding_dim"])
   engine, precision = choose(engine, precision, model, exact=exact)
-  note = _files_note(path)
   onnx_path = note.parent / (note.read_text().strip() if note.is_file() else "-")
   if engine == "jax" or not onnx_path.is_file():
     return None
   log.info("model forward: %s, %s", engine, precision)
   log.info("ONNX export: cached %s (the model's files are unchanged)", onnx_path)
-  pred = onnx_predictor(onnx_path, engine, precision)
-  pred.engine, pred.precision = engine, precision
-  return pred
+  return onnx_predictor(onnx_path, engine, precision)
 
 
 def cpu_threads() -> int:
@@ -350,10 +347,11 @@ def compiled_cache(onnx_path: Path) -> Path | None:
 
 
 def onnx_predictor(path, engine: str, precision: str):
-  """An ONNX file on onnxruntime or openvino, set up for this CPU (`onnx_path`: the file)."""
+  """An ONNX file on onnxruntime or openvino, set up for this CPU; its attributes `engine`,
+  `precision` and `onnx_path` say what runs."""
   pred = (OnnxPredictor(path, options=session_options()) if engine == "onnxruntime" else
           OpenVinoPredictor(path, precision, threads=cpu_threads(), cache_dir=compiled_cache(path)))
-  pred.onnx_path = Path(path)
+  pred.engine, pred.precision, pred.onnx_path = engine, precision, Path(path)
   return pred
 
 
@@ -383,18 +381,16 @@ def load_predictor(path, arch: str | None = None, engine: str = "auto",
   the model on `engine` in `precision` (see `choose`; features: the embeddings serve as FR
   features); a released model's name runs its converted directory."""
   path = model_io.resolve(path)
-  if model_io.kind_of_existing(path) == "onnx":
-    engine, precision = choose(engine, precision, onnx_only=True, exact=exact)
-    pred = onnx_predictor(path, engine, precision)
-    pred.engine, pred.precision = engine, precision
-    return pred
-  exported = model_io.kind_of_existing(path) == "exported"
-  if exported and (pred := _cached_exported(path, engine, precision, exact)) is not None:
+  kind = model_io.kind_of_existing(path)
+  if kind == "onnx":
+    return onnx_predictor(path, *choose(engine, precision, onnx_only=True, exact=exact))
+  note = _files_note(path) if kind == "exported" else None
+  if note and (pred := _cached_exported(path, note, engine, precision, exact)) is not None:
     return pred
   model, variables, info = model_io.load_model(path, arch)
   pred = make_predictor(model, variables, info, engine=engine, precision=precision,
                         exact=exact, source=path)
-  if exported and pred.engine != "jax":
+  if note and pred.engine != "jax":
     with contextlib.suppress(OSError):  # only a shortcut for the next run
-      faults.write_atomic(_files_note(path), pred.onnx_path.name.encode())
+      faults.write_atomic(note, pred.onnx_path.name.encode())
   return pred
